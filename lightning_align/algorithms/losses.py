@@ -1,0 +1,56 @@
+"""Preference losses over per-sequence log-probabilities and rewards.
+
+Each function takes one value per sequence (already summed or averaged over tokens by the caller) and returns the
+mean loss plus detached per-batch statistics under stable names, so a LightningModule can log them as they are.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def dpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    reference_chosen: Tensor,
+    reference_rejected: Tensor,
+    beta: float = 0.1,
+    ipo: bool = False,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Direct Preference Optimization loss (Rafailov et al. 2023, eq. 7), or IPO (Azar et al. 2023, eq. 17).
+
+    h = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l)).
+    DPO: −log σ(β·h). IPO: (h − 1/(2β))², which regresses the margin to a finite target instead of pushing it to
+    infinity, so it does not overfit deterministic preferences. Inputs are shape [B] log-probabilities.
+    Stats: implicit rewards β·(log π − log π_ref) of chosen/rejected, their margin, and the fraction ranked right.
+    """
+    chosen_logratio = policy_chosen - reference_chosen
+    rejected_logratio = policy_rejected - reference_rejected
+    h = chosen_logratio - rejected_logratio
+    losses = (h - 1.0 / (2.0 * beta)) ** 2 if ipo else -F.logsigmoid(beta * h)
+    chosen_rewards = (beta * chosen_logratio).detach()
+    rejected_rewards = (beta * rejected_logratio).detach()
+    stats = {
+        "rewards_chosen": chosen_rewards.mean(),
+        "rewards_rejected": rejected_rewards.mean(),
+        "rewards_margin": (chosen_rewards - rejected_rewards).mean(),
+        "rewards_accuracy": (chosen_rewards > rejected_rewards).float().mean(),
+    }
+    return losses.mean(), stats
+
+
+def bradley_terry_loss(
+    chosen_rewards: Tensor, rejected_rewards: Tensor, margin: Tensor | float | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Bradley–Terry reward-model loss −log σ(r(y_w) − r(y_l) − m) (Ouyang et al. 2022, eq. 1; Mutual-Taught §4.2).
+
+    `margin` m (per pair or scalar) asks for a gap of at least m, as in LLaMA-2's RM when labels carry a strength.
+    Inputs are shape [B] scalar rewards. Stats: accuracy (r_w > r_l) and mean margin r_w − r_l.
+    """
+    diff = chosen_rewards - rejected_rewards
+    target = diff if margin is None else diff - margin
+    loss = -F.logsigmoid(target).mean()
+    detached = diff.detach()
+    stats = {"accuracy": (detached > 0).float().mean(), "margin": detached.mean()}
+    return loss, stats
