@@ -24,7 +24,7 @@ import random
 import re
 from functools import lru_cache
 
-from pydoc_data.topics import topics
+from lightning_align.data.corpus import embedded_texts
 
 MIN_WORDS = 4
 PROMPT_WORDS = 3
@@ -54,8 +54,8 @@ def gold_win_rate(new_responses: list[str], old_responses: list[str]) -> float:
 def _lines(seed: int) -> tuple[tuple[str, str], ...]:
     """All (prompt, continuation) pairs, shuffled by `seed`; documentation order is fixed, so this is deterministic."""
     pairs = []
-    for key in sorted(topics):
-        for line in topics[key].splitlines():
+    for text in embedded_texts():
+        for line in text.splitlines():
             words = line.split()
             if len(words) >= PROMPT_WORDS + MIN_WORDS:
                 pairs.append((" ".join(words[:PROMPT_WORDS]),
