@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from lightning_align.models.loading import build_llama
+from lightning_align.models.spec import ModelSpec
+from lightning_align.models.tokenizer import train_bpe
 
 TEXTS = [
     "the quick brown fox jumps over the lazy dog",
@@ -14,25 +17,37 @@ TEXTS = [
     "numbers like 3.14 and 42 are literals; names like my_var are identifiers",
 ] * 4
 
+TINY = ModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=64)
+
 
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(TEXTS, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
-
-
-def tiny_llama_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
-    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return train_bpe(TEXTS, 300)
 
 
 @pytest.fixture
 def tiny_lm(tokenizer) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_llama_config(tokenizer)).eval()
+    return build_llama(TINY, tokenizer).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory, tokenizer):
+    """A tiny causal LM saved as a model directory, as a previous stage would hand it on."""
+    from lightning_align.models.checkpoint import save_model_dir
+
+    return save_model_dir(build_llama(TINY, tokenizer), tokenizer, tmp_path_factory.mktemp("lm") / "model")
+
+
+def write_pairs(path, records) -> str:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+# Separable by tokens alone: chosen responses are plain words, rejected ones carry digits and symbols.
+PAIRS = [{"prompt": p, "chosen": c, "rejected": r}
+         for p in ("the quick", "a class", "the for")
+         for c, r in ((" brown fox jumps", " 3.14 42 my_var"), (" over the lazy dog", " ValueError(x) 42"),
+                      (" defines attributes", " raise 3.14:"), (" iterates over items", " my_var(42)"))]

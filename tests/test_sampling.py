@@ -1,7 +1,8 @@
 import torch
 
-from lightning_align.algorithms.sampling import (
-    SamplingConfig, encode_pairs, encode_prompt, encode_response, sample_responses, sequence_logprobs,
+from lightning_align.algorithms.sampling import SamplingConfig, sample_responses, sequence_logprobs
+from lightning_align.data.preference import (
+    encode_pairs, encode_prompt, encode_response,
 )
 
 GREEDY = SamplingConfig(max_new_tokens=8, temperature=0.0, batch_size=8)

@@ -12,6 +12,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lightning_align.data.preference import encode_pairs, encode_prompt, pad_id
+from lightning_align.models.reward_model import reward_scores
+
 
 @dataclass
 class SamplingConfig:
@@ -21,21 +24,6 @@ class SamplingConfig:
     temperature: float = 0.8
     top_p: float = 0.95
     batch_size: int = 64
-
-
-def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """Padding id: the tokenizer's pad token, else EOS (positions under the mask never matter)."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Prompt ids exactly as both generation and training see them (special tokens as the tokenizer adds them)."""
-    return tokenizer(prompt)["input_ids"]
-
-
-def encode_response(tokenizer: PreTrainedTokenizerBase, response: str) -> list[int]:
-    """Response ids followed by EOS, so training teaches the model where to stop."""
-    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
 def _left_pad(seqs: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
@@ -114,32 +102,6 @@ def sample_responses(
     return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
 
-def encode_pairs(
-    tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[str], max_length: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Right-padded prompt+response batch: (input_ids, attention_mask, response_mask), each [B, T].
-
-    response_mask marks the response tokens (incl. EOS) whose log-probs count; the prompt is masked out.
-    Sequences over max_length lose prompt tokens from the left first, then response tokens from the right.
-    """
-    rows, starts = [], []
-    for prompt, response in zip(prompts, responses, strict=True):
-        p, r = encode_prompt(tokenizer, prompt), encode_response(tokenizer, response)
-        r = r[:max_length - 1]
-        p = p[max(0, len(p) + len(r) - max_length):]
-        rows.append(p + r)
-        starts.append(len(p))
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id(tokenizer), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    response_mask = torch.zeros_like(ids, dtype=torch.bool)
-    for i, (row, start) in enumerate(zip(rows, starts)):
-        ids[i, :len(row)] = torch.tensor(row)
-        mask[i, :len(row)] = 1
-        response_mask[i, start:len(row)] = True
-    return ids, mask, response_mask
-
-
 def sequence_logprobs(
     model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor, average: bool = False
 ) -> Tensor:
@@ -150,3 +112,21 @@ def sequence_logprobs(
     mask = response_mask[:, 1:].to(token_logps.dtype)
     total = (token_logps * mask).sum(-1)
     return total / mask.sum(-1).clamp(min=1) if average else total
+
+
+@torch.no_grad()
+def score_responses(
+    reward_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[str],
+    max_length: int, batch_size: int = 64,
+) -> list[float]:
+    """The reward model's scalar score of each (prompt, response), in eval mode, batched."""
+    was_training = reward_model.training
+    reward_model.eval()
+    device = next(reward_model.parameters()).device
+    scores: list[float] = []
+    for start in range(0, len(prompts), batch_size):
+        ids, mask, _ = encode_pairs(tokenizer, prompts[start:start + batch_size],
+                                    responses[start:start + batch_size], max_length)
+        scores.extend(reward_scores(reward_model, ids.to(device), mask.to(device)).tolist())
+    reward_model.train(was_training)
+    return scores

@@ -1,0 +1,66 @@
+"""Bradley–Terry training of a reward model on preference pairs, shared by the RM stage and the M-step.
+
+`pair_rewards` is the one forward both use (chosen and rejected rows in one batch); `fit_reward_model` is the short
+plain-PyTorch loop Mutual-Taught's M-step runs inside a round (§4.2), where starting a nested Trainer would tangle
+two training loops' state.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lightning_align.algorithms.losses import bradley_terry_loss
+from lightning_align.data.preference import collate_pairs
+from lightning_align.models.reward_model import reward_scores
+
+
+@dataclass(frozen=True)
+class RewardFitConfig:
+    """M-step RM training (paper: 1 epoch from r_0; tiny models need a few)."""
+
+    epochs: int = 2
+    lr: float = 1e-3
+    batch_size: int = 16
+    max_length: int = 64
+    margin: Optional[float] = None
+    seed: int = 0
+
+
+def pair_rewards(model: PreTrainedModel, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """(r(chosen), r(rejected)), each [B], from a [2B, T] batch laid out chosen-first by `collate_pairs`."""
+    rewards = reward_scores(model, batch["input_ids"], batch["attention_mask"])
+    half = rewards.shape[0] // 2
+    return rewards[:half], rewards[half:]
+
+
+def fit_reward_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[dict[str, Any]],
+                     config: RewardFitConfig) -> dict[str, float]:
+    """Train `model` in place with BT loss on `records`; returns the last epoch's mean loss and accuracy."""
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=0.0)
+    rng = random.Random(config.seed)
+    model.train()
+    stats = {"loss": float("nan"), "accuracy": float("nan")}
+    for _ in range(config.epochs):
+        order = list(records)
+        rng.shuffle(order)
+        losses, accuracies = [], []
+        for start in range(0, len(order), config.batch_size):
+            batch = collate_pairs(tokenizer, order[start:start + config.batch_size], config.max_length)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss, step_stats = bradley_terry_loss(*pair_rewards(model, batch), config.margin)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            accuracies.append(step_stats["accuracy"].item())
+        if losses:
+            stats = {"loss": sum(losses) / len(losses), "accuracy": sum(accuracies) / len(accuracies)}
+    model.eval()
+    return stats

@@ -1,0 +1,108 @@
+"""Policy training by DPO against a frozen reference: the `dpo` stage and the E-step of the `mutual_taught` stage."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from jsonargparse.typing import PositiveFloat, PositiveInt
+
+from lightning_align.algorithms.losses import dpo_loss
+from lightning_align.algorithms.sampling import sequence_logprobs
+from lightning_align.data.preference import collate_pairs
+from lightning_align.eval.round_report import write_round_report
+from lightning_align.models.checkpoint import save_model_dir
+from lightning_align.models.loading import load_model, load_tokenizer
+from lightning_align.models.reward_model import load_reward_model
+from lightning_align.models.spec import ModelSpec
+from lightning_align.modules.optim import OptimConfig, build_optimizer
+
+REWARD_MODEL_DIR = "reward_model"
+
+
+class PolicyModule(L.LightningModule):
+    """DPO (or IPO with `ipo: true`) on pairs whose reference log-probs were computed once, without grad.
+
+    The reference is the policy as it was when the pairs were annotated (`annotate`): the initial model for a plain
+    DPO stage, π_{t-1} at the start of each Mutual-Taught round (§4.1) — so no second model is kept in memory.
+    With IPO, log-probs are length-averaged (as its regression target assumes) for policy and reference alike.
+
+    `reward_model` (a directory) is the RM r_0 the Mutual-Taught callbacks score with; `reward_refresh: false`
+    keeps it frozen across rounds (the iterative-DPO ablation), otherwise `RewardRefresh` refits it each round.
+    `rounds` holds one dict of metrics per finished round; `export` writes it as the stage's report.
+    """
+
+    def __init__(self, model: ModelSpec = ModelSpec(), optim: OptimConfig = OptimConfig(lr=1e-4, warmup_steps=0,
+                 min_lr_ratio=1.0, weight_decay=0.0), beta: PositiveFloat = 0.1, ipo: bool = False,
+                 max_length: PositiveInt = 64, annotate_batch_size: PositiveInt = 64,
+                 reward_model: Optional[str] = None, reward_refresh: bool = True) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.optim, self.beta, self.ipo, self.max_length = optim, beta, ipo, max_length
+        self.annotate_batch_size, self.reward_model_path, self.reward_refresh = \
+            annotate_batch_size, reward_model, reward_refresh
+        self.tokenizer = load_tokenizer(model)
+        self.model = load_model(model, self.tokenizer)
+        self.reward_model = None
+        if reward_model is not None:
+            self.reward_model = self.load_base_reward_model()
+        self.rounds: list[dict[str, float]] = []
+
+    def load_base_reward_model(self) -> torch.nn.Module:
+        """A fresh copy of r_0, frozen: the E-step scores with it and the M-step restarts from it (§4.2)."""
+        rm = load_reward_model(ModelSpec(path=self.reward_model_path), self.tokenizer).eval()
+        rm.requires_grad_(False)
+        return rm
+
+    def _logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sequence_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                                 average=self.ipo)
+
+    @torch.no_grad()
+    def annotate(self, records: list[dict[str, Any]]) -> None:
+        """Add `ref_chosen`/`ref_rejected` (log-probs of the current policy) to each record, in place."""
+        was_training = self.model.training
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        for start in range(0, len(records), self.annotate_batch_size):
+            chunk = records[start:start + self.annotate_batch_size]
+            batch = {k: v.to(device) for k, v in collate_pairs(self.tokenizer, chunk, self.max_length).items()}
+            logps = self._logps(batch).tolist()
+            for i, record in enumerate(chunk):
+                record["ref_chosen"], record["ref_rejected"] = logps[i], logps[len(chunk) + i]
+        self.model.train(was_training)
+
+    def _step(self, batch: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
+        logps = self._logps(batch)
+        half = logps.shape[0] // 2
+        loss, stats = dpo_loss(logps[:half], logps[half:], batch["ref_chosen"], batch["ref_rejected"],
+                               self.beta, self.ipo)
+        self.log(f"{prefix}/loss", loss, prog_bar=True)
+        for name in ("rewards_accuracy", "rewards_margin", "rewards_chosen", "rewards_rejected"):
+            self.log(f"{prefix}/{name}", stats[name])
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def configure_optimizers(self) -> dict:
+        return build_optimizer(self.model.named_parameters(), self.optim, int(self.trainer.estimated_stepping_batches))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mutual_taught_rounds"] = self.rounds
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.rounds = checkpoint.get("mutual_taught_rounds", [])
+
+    def export(self, out_dir: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """Save the policy; after Mutual-Taught rounds also the last RM (`reward_model/`) and the round report."""
+        out = save_model_dir(self.model, self.tokenizer, out_dir, {**(metadata or {}), "rounds": self.rounds})
+        if self.rounds:
+            if self.reward_model is not None:
+                save_model_dir(self.reward_model, self.tokenizer, out / REWARD_MODEL_DIR, {"kind": "reward_model"})
+            write_round_report(self.rounds, out)
+        return out

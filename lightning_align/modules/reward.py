@@ -1,0 +1,62 @@
+"""Reward-model training: Bradley–Terry on preference pairs (the `reward` stage, and r_0 of Mutual-Taught)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAccuracy
+
+from lightning_align.algorithms.losses import bradley_terry_loss
+from lightning_align.algorithms.reward_training import pair_rewards
+from lightning_align.models.checkpoint import save_model_dir
+from lightning_align.models.loading import load_tokenizer
+from lightning_align.models.reward_model import load_reward_model
+from lightning_align.models.spec import ModelSpec
+from lightning_align.modules.optim import OptimConfig, build_optimizer
+
+
+class RewardModule(L.LightningModule):
+    """Scalar-head RM on a causal-LM backbone; loss −log σ(r(y_w) − r(y_l) − margin).
+
+    `model.path` may be a causal LM (e.g. the SFT output: its backbone gets a fresh head) or an RM directory.
+    Logs `train/loss`, `val/loss`, `rm/accuracy` (share of pairs ranked right) and `rm/margin` (mean r_w − r_l).
+    """
+
+    def __init__(self, model: ModelSpec = ModelSpec(), optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=5),
+                 margin: Optional[float] = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.optim, self.margin = optim, margin
+        self.tokenizer = load_tokenizer(model)
+        self.model = load_reward_model(model, self.tokenizer).train()
+        self.val_accuracy = BinaryAccuracy()
+        self.val_margin = MeanMetric()
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        chosen, rejected = pair_rewards(self.model, batch)
+        loss, stats = bradley_terry_loss(chosen, rejected, self.margin)
+        return loss, stats, (chosen - rejected).detach()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, stats, _ = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/rm_accuracy", stats["accuracy"])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, _, diff = self._loss(batch)
+        self.val_accuracy(diff > 0, torch.ones_like(diff, dtype=torch.long))
+        self.val_margin(diff)
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("rm/accuracy", self.val_accuracy, prog_bar=True)
+        self.log("rm/margin", self.val_margin)
+
+    def configure_optimizers(self) -> dict:
+        return build_optimizer(self.model.named_parameters(), self.optim, int(self.trainer.estimated_stepping_batches))
+
+    def export(self, out_dir: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """Save the RM as a Hugging Face directory; `load_reward_model(ModelSpec(path=out_dir), ...)` reloads it."""
+        return save_model_dir(self.model, self.tokenizer, out_dir, {"kind": "reward_model", **(metadata or {})})
