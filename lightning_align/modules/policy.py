@@ -43,7 +43,7 @@ class PolicyModule(L.LightningModule):
         self.annotate_batch_size, self.reward_model_path, self.reward_refresh = \
             annotate_batch_size, reward_model, reward_refresh
         self.tokenizer = load_tokenizer(model)
-        self.model = load_model(model, self.tokenizer)
+        self.model = load_model(model, self.tokenizer).train()
         self.reward_model = None
         if reward_model is not None:
             self.reward_model = self.load_base_reward_model()
@@ -78,9 +78,9 @@ class PolicyModule(L.LightningModule):
         half = logps.shape[0] // 2
         loss, stats = dpo_loss(logps[:half], logps[half:], batch["ref_chosen"], batch["ref_rejected"],
                                self.beta, self.ipo)
-        self.log(f"{prefix}/loss", loss, prog_bar=True)
+        self.log(f"{prefix}/loss", loss, prog_bar=True, batch_size=half)
         for name in ("rewards_accuracy", "rewards_margin", "rewards_chosen", "rewards_rejected"):
-            self.log(f"{prefix}/{name}", stats[name])
+            self.log(f"{prefix}/{name}", stats[name], batch_size=half)
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -41,18 +41,18 @@ class RewardModule(L.LightningModule):
         return loss, stats, (chosen - rejected).detach()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, stats, _ = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/rm_accuracy", stats["accuracy"])
+        loss, stats, diff = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(diff))
+        self.log("train/rm_accuracy", stats["accuracy"], batch_size=len(diff))
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, _, diff = self._loss(batch)
         self.val_accuracy(diff > 0, torch.ones_like(diff, dtype=torch.long))
         self.val_margin(diff)
-        self.log("val/loss", loss, prog_bar=True)
-        self.log("rm/accuracy", self.val_accuracy, prog_bar=True)
-        self.log("rm/margin", self.val_margin)
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(diff))
+        self.log("rm/accuracy", self.val_accuracy, prog_bar=True, batch_size=len(diff))
+        self.log("rm/margin", self.val_margin, batch_size=len(diff))
 
     def configure_optimizers(self) -> dict:
         return build_optimizer(self.model.named_parameters(), self.optim, int(self.trainer.estimated_stepping_batches))
