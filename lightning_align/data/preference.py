@@ -86,6 +86,16 @@ def load_pairs(path: str, num_pairs: int, seed: int) -> list[dict[str, Any]]:
     return read_jsonl(path, PAIR_KEYS)
 
 
+def split_pairs(records: list[dict[str, Any]], val_fraction: float,
+                seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, val) after a seeded shuffle; with one record both sides get it. Evaluation re-derives the RM
+    stage's held-out pairs with the same arguments."""
+    records = list(records)
+    random.Random(seed).shuffle(records)
+    n_val = max(1, round(len(records) * val_fraction)) if len(records) > 1 else 0
+    return records[n_val:] or records, records[:n_val] or records
+
+
 class PairSlots(Dataset):
     """A fixed number of slots over a replaceable list of records (slot i holds record i mod len).
 
@@ -124,15 +134,12 @@ class PreferenceDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.train_set is not None:
             return
-        records = load_pairs(self.path, self.num_pairs, self.seed)
-        random.Random(self.seed).shuffle(records)
-        n_val = max(1, round(len(records) * self.val_fraction)) if len(records) > 1 else 0
-        module = self.trainer.lightning_module
-        annotate: Callable[[list[dict]], None] | None = getattr(module, "annotate", None)
+        train, val = split_pairs(load_pairs(self.path, self.num_pairs, self.seed), self.val_fraction, self.seed)
+        annotate: Callable[[list[dict]], None] | None = getattr(self.trainer.lightning_module, "annotate", None)
         if annotate is not None:
-            annotate(records)
-        self.val_set = PairSlots(records[:n_val] or records)
-        self.train_set = PairSlots(records[n_val:] or records)
+            annotate(train)
+            annotate(val)
+        self.train_set, self.val_set = PairSlots(train), PairSlots(val)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         tokenizer = self.trainer.lightning_module.tokenizer

@@ -1,0 +1,95 @@
+"""Evaluation of each Mutual-Taught round against the built-in task's gold reward (never used for training)."""
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+
+from lightning_align.algorithms.sampling import SamplingConfig, sample_responses, score_responses
+from lightning_align.callbacks.preference_refresh import round_generator
+from lightning_align.data.gold_task import gold_reward, gold_win_rate
+from lightning_align.data.preference import GOLD, load_pairs, split_pairs
+from lightning_align.errors import ConfigError
+from lightning_align.eval.round_report import round_table
+
+log = logging.getLogger(__name__)
+EVAL_ROUND = 10_000  # generator "round" reserved for evaluation draws, identical every round
+
+
+class GoldRoundMetrics(L.Callback):
+    """Per round (and for the start, round 0), on the held-out selection prompts:
+
+    - `gold_reward`: mean gold reward of π_t's responses; `gold_win_rate`: share of prompts where π_t's response
+      beats π_0's in gold reward (ties one half) — same random draws every round, so only the policy differs;
+    - `rm_prev_accuracy_fresh` / `rm_accuracy_fresh`: accuracy (vs gold) of r_{t-1} and r_t on fresh pairs of two
+      π_t samples per prompt with different gold rewards — the distribution-shift point of the paper;
+    - `rm_accuracy_heldout`: accuracy of r_t on the RM stage's held-out gold pairs (same `num_pairs`,
+      `val_fraction`, `seed` as that stage's data).
+    Must come last among the Mutual-Taught callbacks; logs `round/<name>` and fills the module's `rounds`.
+    """
+
+    def __init__(self, num_pairs: int = 512, val_fraction: float = 0.1, seed: int = 0,
+                 sampling: SamplingConfig = SamplingConfig()) -> None:
+        self.num_pairs, self.val_fraction, self.seed, self.sampling = num_pairs, val_fraction, seed, sampling
+        self._initial: list[str] = []
+        self._previous_rm = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if getattr(trainer.datamodule, "prompts", None) != GOLD:
+            raise ConfigError("data.init_args.prompts", "GoldRoundMetrics needs the built-in task (prompts: gold)")
+        if trainer.callbacks.index(self) != max(i for i, cb in enumerate(trainer.callbacks)
+                                                if type(cb).__module__.startswith("lightning_align")):
+            raise ConfigError("trainer.callbacks", "GoldRoundMetrics must follow the other Mutual-Taught callbacks")
+
+    def _responses(self, pl_module: L.LightningModule, prompts: list[str], k: int, purpose: int) -> list[list[str]]:
+        return sample_responses(pl_module.model, pl_module.tokenizer, prompts, k, self.sampling,
+                                round_generator(self.seed, EVAL_ROUND, purpose))
+
+    def _accuracy(self, pl_module: L.LightningModule, reward_model, pairs: list[dict[str, str]]) -> float:
+        if not pairs:
+            return float("nan")
+        prompts = [p["prompt"] for p in pairs]
+        chosen = score_responses(reward_model, pl_module.tokenizer, prompts, [p["chosen"] for p in pairs],
+                                 pl_module.max_length)
+        rejected = score_responses(reward_model, pl_module.tokenizer, prompts, [p["rejected"] for p in pairs],
+                                   pl_module.max_length)
+        return sum(c > r for c, r in zip(chosen, rejected)) / len(pairs)
+
+    def _row(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        prompts = trainer.datamodule.splits.selection
+        responses = [r[0] for r in self._responses(pl_module, prompts, 1, 0)]
+        if not self._initial:
+            self._initial = responses
+        fresh = []
+        for prompt, (a, b) in zip(prompts, self._responses(pl_module, prompts, 2, 1)):
+            if gold_reward(a) != gold_reward(b):
+                chosen, rejected = (a, b) if gold_reward(a) > gold_reward(b) else (b, a)
+                fresh.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        _, heldout = split_pairs(load_pairs(GOLD, self.num_pairs, self.seed), self.val_fraction, self.seed)
+        previous = self._previous_rm if self._previous_rm is not None else pl_module.reward_model
+        return {
+            "gold_reward": sum(map(gold_reward, responses)) / len(responses),
+            "gold_win_rate": gold_win_rate(responses, self._initial),
+            "rm_prev_accuracy_fresh": self._accuracy(pl_module, previous, fresh),
+            "rm_accuracy_fresh": self._accuracy(pl_module, pl_module.reward_model, fresh),
+            "rm_accuracy_heldout": self._accuracy(pl_module, pl_module.reward_model, heldout),
+            "fresh_pairs": float(len(fresh)),
+        }
+
+    def _publish(self, trainer: L.Trainer, row: dict[str, float]) -> None:
+        if trainer.logger is not None:
+            numeric = {f"round/{k}": float(v) for k, v in row.items() if isinstance(v, (int, float))}
+            trainer.logger.log_metrics(numeric, step=trainer.global_step)
+        log.info("Mutual-Taught rounds so far:\n%s", round_table(trainer.lightning_module.rounds))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not pl_module.rounds:
+            pl_module.rounds.append({"round": 0, **self._row(trainer, pl_module)})
+            self._publish(trainer, pl_module.rounds[-1])
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._previous_rm = pl_module.reward_model
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.rounds[-1].update(self._row(trainer, pl_module))
+        self._publish(trainer, pl_module.rounds[-1])

@@ -1,0 +1,89 @@
+"""E-step of Mutual-Taught (§4.1): fresh DPO pairs at round start, checkpoint selection with the τ stop at round end."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+
+from lightning_align.algorithms.mutual_taught import e_step_pairs, select_checkpoint, win_rate
+from lightning_align.algorithms.sampling import SamplingConfig, sample_responses, score_responses
+from lightning_align.errors import ConfigError
+
+
+def round_generator(seed: int, round_index: int, purpose: int) -> torch.Generator:
+    """A generator per (seed, round, purpose): reruns and resumes draw the same samples."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + round_index * 101 + purpose)
+
+
+class PreferenceRefresh(L.Callback):
+    """Round start: k samples per prompt of the round's split from π_{t-1}, scored by r_{t-1}, one pair per prompt
+    (chosen = shortest above-mean, rejected = lowest), reference log-probs of π_{t-1} attached.
+
+    During the round, `checkpoints` evenly spaced snapshots of the policy are kept in memory. Round end: each
+    snapshot's responses on the selection prompts are scored by r_{t-1} against π_{t-1}'s (same random draws for
+    all, so only the policy differs); the best becomes π_t, or, if its win rate is below τ, π_{t-1} is restored and
+    training stops (the paper returns (π_{t-1}, r_{t-1})). Must precede `RewardRefresh` in the callback list.
+    """
+
+    def __init__(self, num_samples: int = 4, sampling: SamplingConfig = SamplingConfig(), tau: float = 0.6,
+                 checkpoints: int = 2, seed: int = 0) -> None:
+        if num_samples < 2:
+            raise ConfigError("PreferenceRefresh.num_samples", "needs at least 2 samples per prompt to form a pair")
+        self.num_samples, self.sampling, self.tau, self.checkpoints, self.seed = \
+            num_samples, sampling, tau, checkpoints, seed
+        self._start_state: dict[str, torch.Tensor] = {}
+        self._candidates: list[dict[str, torch.Tensor]] = []
+        self._save_at: set[int] = set()
+        self._baseline: list[float] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if getattr(pl_module, "reward_model", None) is None:
+            raise ConfigError("model.init_args.reward_model", "Mutual-Taught needs a reward model directory")
+
+    def _selection_scores(self, pl_module: L.LightningModule, prompts: list[str], round_index: int) -> list[float]:
+        responses = sample_responses(pl_module.model, pl_module.tokenizer, prompts, 1, self.sampling,
+                                     round_generator(self.seed, round_index, 1))
+        return score_responses(pl_module.reward_model, pl_module.tokenizer, prompts, [r[0] for r in responses],
+                               pl_module.max_length)
+
+    @staticmethod
+    def _snapshot(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        t, data = trainer.current_epoch, trainer.datamodule
+        prompts = data.splits.policy[t]
+        responses = sample_responses(pl_module.model, pl_module.tokenizer, prompts, self.num_samples,
+                                     self.sampling, round_generator(self.seed, t, 0))
+        flat = score_responses(pl_module.reward_model, pl_module.tokenizer,
+                               [p for p in prompts for _ in range(self.num_samples)],
+                               [r for group in responses for r in group], pl_module.max_length)
+        scores = [flat[i * self.num_samples:(i + 1) * self.num_samples] for i in range(len(prompts))]
+        records = e_step_pairs(prompts, responses, scores)
+        pl_module.annotate(records)
+        data.set_round_pairs(records)
+        self._baseline = self._selection_scores(pl_module, data.splits.selection, t)
+        self._start_state, self._candidates = self._snapshot(pl_module), []
+        batches = trainer.num_training_batches
+        self._save_at = {math.ceil(batches * (j + 1) / self.checkpoints) - 1 for j in range(self.checkpoints)}
+        pl_module.rounds.append({"round": t + 1, "e_pairs": len(records)})
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if batch_idx in self._save_at:
+            self._candidates.append(self._snapshot(pl_module))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        t, data = trainer.current_epoch, trainer.datamodule
+        rates = []
+        for state in self._candidates:
+            pl_module.model.load_state_dict(state)
+            rates.append(win_rate(self._selection_scores(pl_module, data.splits.selection, t), self._baseline))
+        best, stop = select_checkpoint(rates, self.tau)
+        pl_module.model.load_state_dict(self._start_state if stop else self._candidates[best])
+        if stop:
+            trainer.should_stop = True
+        pl_module.rounds[-1].update({"rm_win_rate": rates[best], "checkpoint": best + 1, "stopped": stop})
+        self._candidates, self._start_state = [], {}
