@@ -8,7 +8,7 @@ import lightning as L
 from lightning_align.algorithms.sampling import SamplingConfig, sample_responses, score_responses
 from lightning_align.callbacks.preference_refresh import round_generator
 from lightning_align.data.gold_task import gold_reward, gold_win_rate
-from lightning_align.data.preference import GOLD, load_pairs, split_pairs
+from lightning_align.data.preference import GOLD, load_pairs, split_records
 from lightning_align.errors import ConfigError
 from lightning_align.eval.round_report import round_table
 
@@ -65,7 +65,7 @@ class GoldRoundMetrics(L.Callback):
             if gold_reward(a) != gold_reward(b):
                 chosen, rejected = (a, b) if gold_reward(a) > gold_reward(b) else (b, a)
                 fresh.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
-        _, heldout = split_pairs(load_pairs(GOLD, self.num_pairs, self.seed), self.val_fraction, self.seed)
+        _, heldout = split_records(load_pairs(GOLD, self.num_pairs, self.seed), self.val_fraction, self.seed)
         previous = self._previous_rm if self._previous_rm is not None else pl_module.reward_model
         return {
             "gold_reward": sum(map(gold_reward, responses)) / len(responses),

@@ -5,7 +5,7 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import PAIRS, write_pairs
+from tests.conftest import PAIRS, write_pairs
 from lightning_align.algorithms.sampling import sequence_logprobs
 from lightning_align.data.preference import PreferenceDataModule, collate_pairs
 from lightning_align.models.loading import load_model

@@ -4,7 +4,7 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import PAIRS, write_pairs
+from tests.conftest import PAIRS, write_pairs
 from lightning_align.algorithms.reward_training import RewardFitConfig, fit_reward_model, pair_rewards
 from lightning_align.algorithms.sampling import score_responses
 from lightning_align.data.preference import PreferenceDataModule, collate_pairs

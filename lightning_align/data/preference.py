@@ -86,7 +86,7 @@ def load_pairs(path: str, num_pairs: int, seed: int) -> list[dict[str, Any]]:
     return read_jsonl(path, PAIR_KEYS)
 
 
-def split_pairs(records: list[dict[str, Any]], val_fraction: float,
+def split_records(records: list[dict[str, Any]], val_fraction: float,
                 seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, val) after a seeded shuffle; with one record both sides get it. Evaluation re-derives the RM
     stage's held-out pairs with the same arguments."""
@@ -134,7 +134,7 @@ class PreferenceDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.train_set is not None:
             return
-        train, val = split_pairs(load_pairs(self.path, self.num_pairs, self.seed), self.val_fraction, self.seed)
+        train, val = split_records(load_pairs(self.path, self.num_pairs, self.seed), self.val_fraction, self.seed)
         annotate: Callable[[list[dict]], None] | None = getattr(self.trainer.lightning_module, "annotate", None)
         if annotate is not None:
             annotate(train)

@@ -1,0 +1,54 @@
+"""Supervised {"prompt","response"} records for the `sft` stage: the loss counts response tokens only."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from jsonargparse.typing import OpenUnitInterval, PositiveInt
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from lightning_align.data.gold_task import sft_records
+from lightning_align.data.jsonl import read_jsonl
+from lightning_align.data.preference import GOLD, encode_pairs, split_records
+from lightning_align.errors import ConfigError
+
+
+def collate_sft(tokenizer: Any, records: list[dict[str, str]], max_length: int) -> dict[str, Tensor]:
+    ids, mask, response_mask = encode_pairs(tokenizer, [r["prompt"] for r in records],
+                                            [r["response"] for r in records], max_length)
+    return {"input_ids": ids, "attention_mask": mask, "response_mask": response_mask}
+
+
+class SFTDataModule(L.LightningDataModule):
+    """`path`: a JSONL file of {"prompt","response"} (bad records raise DataError with file and line) or "gold"."""
+
+    def __init__(self, path: str = GOLD, num_records: PositiveInt = 1024, val_fraction: OpenUnitInterval = 0.1,
+                 batch_size: PositiveInt = 16, max_length: PositiveInt = 64, seed: int = 0) -> None:
+        super().__init__()
+        if path != GOLD and not Path(path).is_file():
+            raise ConfigError("data.path", f"file '{path}' not found (use a JSONL file or \"gold\")")
+        self.path, self.num_records, self.val_fraction = path, num_records, val_fraction
+        self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
+        self.train_records: list[dict[str, str]] | None = None
+        self.val_records: list[dict[str, str]] = []
+
+    def setup(self, stage: str) -> None:
+        if self.train_records is None:
+            records = (sft_records(self.num_records, self.seed) if self.path == GOLD
+                       else read_jsonl(self.path, {"prompt": str, "response": str}))
+            self.train_records, self.val_records = split_records(records, self.val_fraction, self.seed)
+
+    def _loader(self, records: list[dict[str, str]], shuffle: bool) -> DataLoader:
+        tokenizer = self.trainer.lightning_module.tokenizer
+        return DataLoader(records, batch_size=self.batch_size, shuffle=shuffle,
+                          generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+                          collate_fn=lambda batch: collate_sft(tokenizer, batch, self.max_length))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_records, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_records, shuffle=False)
