@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification, PreTrainedModel
 from transformers import PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from lightning_align.models.loading import DTYPES, build_llama, _model_dir
 from lightning_align.models.spec import ModelSpec
@@ -27,8 +28,13 @@ def load_reward_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> Pr
             model = LlamaForSequenceClassification(config.__class__(**{**config.to_dict(), "num_labels": 1}))
         model = model.to(DTYPES[spec.dtype])
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            _model_dir(spec), num_labels=1, local_files_only=True, dtype=DTYPES[spec.dtype])
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a causal LM has no head yet and an unused lm_head: expected, not news
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                _model_dir(spec), num_labels=1, local_files_only=True, dtype=DTYPES[spec.dtype])
+        finally:
+            hf_logging.set_verbosity(verbosity)
         if model.config.architectures and model.config.architectures[0].endswith("ForSequenceClassification"):
             return model
     torch.nn.init.zeros_(model.score.weight)
