@@ -21,16 +21,20 @@ class GoldRoundMetrics(L.Callback):
 
     - `gold_reward`: mean gold reward of π_t's responses; `gold_win_rate`: share of prompts where π_t's response
       beats π_0's in gold reward (ties one half) — same random draws every round, so only the policy differs;
-    - `rm_prev_accuracy_fresh` / `rm_accuracy_fresh`: accuracy (vs gold) of r_{t-1} and r_t on fresh pairs of two
-      π_t samples per prompt with different gold rewards — the distribution-shift point of the paper;
+    - `rm_prev_accuracy_fresh` / `rm_accuracy_fresh`: accuracy (vs gold) of r_{t-1} and r_t on fresh pairs: every
+      two of `fresh_samples` π_t samples per prompt with different gold rewards — the distribution-shift point of
+      the paper (all pairs of a prompt are used, to cut the variance of a small selection set);
     - `rm_accuracy_heldout`: accuracy of r_t on the RM stage's held-out gold pairs (same `num_pairs`,
       `val_fraction`, `seed` as that stage's data).
     Must come last among the Mutual-Taught callbacks; logs `round/<name>` and fills the module's `rounds`.
     """
 
-    def __init__(self, num_pairs: int = 512, val_fraction: float = 0.1, seed: int = 0,
+    def __init__(self, num_pairs: int = 512, val_fraction: float = 0.1, seed: int = 0, fresh_samples: int = 4,
                  sampling: SamplingConfig = SamplingConfig()) -> None:
+        if fresh_samples < 2:
+            raise ConfigError("GoldRoundMetrics.fresh_samples", "needs at least 2 samples per prompt to form pairs")
         self.num_pairs, self.val_fraction, self.seed, self.sampling = num_pairs, val_fraction, seed, sampling
+        self.fresh_samples = fresh_samples
         self._initial: list[str] = []
         self._previous_rm = None
 
@@ -61,10 +65,12 @@ class GoldRoundMetrics(L.Callback):
         if not self._initial:
             self._initial = responses
         fresh = []
-        for prompt, (a, b) in zip(prompts, self._responses(pl_module, prompts, 2, 1)):
-            if gold_reward(a) != gold_reward(b):
-                chosen, rejected = (a, b) if gold_reward(a) > gold_reward(b) else (b, a)
-                fresh.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        for prompt, group in zip(prompts, self._responses(pl_module, prompts, self.fresh_samples, 1)):
+            for i, a in enumerate(group):
+                for b in group[i + 1:]:
+                    if gold_reward(a) != gold_reward(b):
+                        chosen, rejected = (a, b) if gold_reward(a) > gold_reward(b) else (b, a)
+                        fresh.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
         _, heldout = split_records(load_pairs(GOLD, self.num_pairs, self.seed), self.val_fraction, self.seed)
         previous = self._previous_rm if self._previous_rm is not None else pl_module.reward_model
         return {
