@@ -16,11 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # The alignment stages of the default pipeline have their own end-to-end test (test_mutual_taught_pipeline.py).
-PRETRAIN_EVALUATE = "pipeline.stages={pretrain:fit,evaluate:validate}"
+PRETRAIN_EVALUATE = ["~pipeline.stages.sft", "~pipeline.stages.reward", "~pipeline.stages.mutual_taught"]
 
 
 def _run(tmp_path: Path, *extra: str) -> int:
-    return main(["run", f"run.dir={tmp_path}", "run.name=t", *TINY_OVERRIDES, PRETRAIN_EVALUATE, *extra])
+    return main(["run", f"run.dir={tmp_path}", "run.name=t", *TINY_OVERRIDES, *PRETRAIN_EVALUATE, *extra])
 
 
 def test_run_trains_reports_and_resumes(tmp_path, capsys):
