@@ -27,7 +27,7 @@ def test_identical_logits_give_zero_and_mask_ignores_padding() -> None:
     logits = torch.randn(2, 5, 11, generator=torch.Generator().manual_seed(0))
     assert distillation_loss(logits, logits).item() == pytest.approx(0.0, abs=1e-6)
     student = logits.clone()
-    student[1, 3] += 5.0  # differs only at a padded position
+    student[1, 3, 0] += 5.0  # differs only at a padded position
     mask = torch.ones(2, 5)
     mask[1, 3] = 0
     assert distillation_loss(student, logits, mask=mask).item() == pytest.approx(0.0, abs=1e-6)
