@@ -13,15 +13,14 @@ from lightning_align.errors import ConfigError
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
-    """LR multiplier: linear warm-up to 1 over `warmup_steps`, then cosine decay to `min_lr_ratio` at `total_steps`.
+    """LR multiplier: linear warm-up from 0 to 1 over `warmup_steps`, then cosine from 1 down to `min_lr_ratio`.
 
-    Step `s` of the warm-up gets `(s + 1) / warmup_steps`, so the first optimizer step already moves the weights;
-    steps at or past `total_steps` stay at `min_lr_ratio`.
+    Steps past `total_steps` stay at `min_lr_ratio`; the curve is continuous at the end of warm-up.
     """
-    if step < warmup_steps:
+    if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
-    decay_steps = max(total_steps - warmup_steps, 1)
-    progress = min((step - warmup_steps) / decay_steps, 1.0)
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

@@ -1,0 +1,133 @@
+"""Stages run by Lightning's own CLI machinery, so a stage inside the pipeline and `lightning-align fit` agree."""
+from __future__ import annotations
+
+import importlib
+import warnings
+import inspect
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+from lightning_align.config import parser_error_to_config_error
+from lightning_align.errors import ConfigError
+from lightning_align.stages.context import StageContext
+
+
+class StageCLI(LightningCLI):
+    """LightningCLI over any LightningModule / LightningDataModule given by `class_path` (subclass mode)."""
+
+    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+        # Lightning warns when `args` is given while sys.argv has arguments; here both come from our own CLI.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        super().__init__(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            run=run,
+            save_config_callback=None,
+            parser_kwargs={"exit_on_error": False},
+            auto_configure_optimizers=False,
+            **kwargs,
+        )
+
+
+class _ParseOnlyCLI(StageCLI):
+    """Type-checks a stage config (unknown keys, types, ranges) without building anything."""
+
+    def instantiate_classes(self) -> None:
+        return None
+
+
+def check_stage_config(config: dict[str, Any], where: str, file: str | None = None) -> None:
+    """Raise `ConfigError` naming `<where>.<key>` if the stage config does not parse.
+
+    The datamodule is also constructed (cheap by convention: construction only checks arguments such as file
+    paths), so a missing data file is reported before any stage runs.
+    """
+    try:
+        _ParseOnlyCLI(args=config, run=False)
+    except Exception as err:
+        raise parser_error_to_config_error(err, prefix=f"{where}.", file=file) from None
+    data = config.get("data")
+    if isinstance(data, dict) and "class_path" in data:
+        try:
+            _import(data["class_path"])(**data.get("init_args", {}))
+        except ConfigError as err:
+            raise ConfigError(f"{where}.{err.key}", err.problem, file) from None
+
+
+def _import(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def init_arg_names(section: Any) -> set[str]:
+    """Constructor argument names of a `class_path` section (empty when it has none)."""
+    if not isinstance(section, dict) or "class_path" not in section:
+        return set()
+    return set(inspect.signature(_import(section["class_path"])).parameters)
+
+
+def instantiate(config: dict[str, Any], where: str) -> StageCLI:
+    """Build trainer, module and datamodule of a stage, with config errors named like `check_stage_config`'s."""
+    try:
+        return StageCLI(args=config, run=False)
+    except Exception as err:
+        if type(err).__module__.startswith(("argparse", "jsonargparse")):
+            raise parser_error_to_config_error(err, prefix=f"{where}.") from None
+        raise
+
+
+def _metrics(results: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(v) for result in results for k, v in result.items()}
+
+
+def _has_val(cli: StageCLI) -> bool:
+    return cli.trainer.limit_val_batches != 0 and hasattr(cli.datamodule, "val_dataloader")
+
+
+def fit(ctx: StageContext) -> dict[str, float]:
+    """Validate, train, validate again, export: the report shows the stage's held-out metrics before and after."""
+    cli = instantiate(ctx.config, f"stages.{ctx.name}")
+    metrics: dict[str, float] = {}
+    if _has_val(cli):
+        before = _metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False))
+        metrics.update({f"{k}_start": v for k, v in before.items()})
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    metrics.update({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("train/")})
+    if _has_val(cli):
+        metrics.update(_metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)))
+    cli.model.export(ctx.output_dir, {"stage": ctx.name, "metrics": metrics})
+    return metrics
+
+
+def validate(ctx: StageContext) -> dict[str, float]:
+    """Held-out metrics of the incoming model; the model is passed on unchanged."""
+    cli = instantiate(ctx.config, f"stages.{ctx.name}")
+    metrics = _metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False))
+    cli.model.export(ctx.output_dir, {"stage": ctx.name, "metrics": metrics})
+    return metrics
+
+
+def test(ctx: StageContext) -> dict[str, float]:
+    """Test-set metrics of the incoming model; the model is passed on unchanged."""
+    cli = instantiate(ctx.config, f"stages.{ctx.name}")
+    metrics = _metrics(cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False))
+    cli.model.export(ctx.output_dir, {"stage": ctx.name, "metrics": metrics})
+    return metrics
+
+
+def run_lightning_cli(argv: list[str]) -> None:
+    """`lightning-align fit|validate|test|predict ...`: Lightning's CLI, with config errors as `ConfigError`."""
+    config_file = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")), None)
+    try:
+        StageCLI(args=argv, run=True)
+    except ConfigError:
+        raise
+    except Exception as err:
+        if type(err).__module__.startswith(("argparse", "jsonargparse")):
+            raise parser_error_to_config_error(err, file=config_file) from None
+        raise
