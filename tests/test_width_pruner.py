@@ -9,7 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from lightning_align.algorithms.width_pruner import WidthPruner, cubic_width, neuron_sensitivity
-from lightning_align.models.mlp_width import mlp_widths, resize_mlp_widths, slice_mlp_widths, width_structure
+from lightning_align.models.checkpoint import load_pretrained, read_metadata, save_model_dir
+from lightning_align.models.mlp_width import mlp_widths, slice_mlp_widths, width_structure
 
 WIDE = 40
 
@@ -107,8 +108,9 @@ def test_uniform_export_is_a_plain_hf_checkpoint(model: LlamaForCausalLM, tokens
     keep = [torch.randperm(WIDE, generator=torch.Generator().manual_seed(i))[:15] for i in range(3)]
     slice_mlp_widths(model, keep)
     assert model.config.intermediate_size == 15 and width_structure(model) == {}
-    model.save_pretrained(tmp_path)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    save_model_dir(model, None, tmp_path / "out", {"stage": "prune"})
+    assert "structure" not in read_metadata(tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(tokens).logits, model(tokens).logits)
 
@@ -118,11 +120,12 @@ def test_per_layer_export_rebuilds_from_structure(model: LlamaForCausalLM, token
     slice_mlp_widths(model, [torch.arange(12), torch.arange(5, 30), torch.tensor([0, 39])])
     structure = width_structure(model)
     assert structure == {"intermediate_sizes": [12, 25, 2]} and model.config.intermediate_size == WIDE
-    model.save_pretrained(tmp_path)
-    rebuilt = resize_mlp_widths(LlamaForCausalLM(model.config), structure["intermediate_sizes"])
-    rebuilt.load_state_dict(model.state_dict())
+    save_model_dir(model, None, tmp_path / "out", {"stage": "prune"})
+    assert read_metadata(tmp_path / "out")["structure"] == structure
+    rebuilt = load_pretrained(tmp_path / "out")
+    assert mlp_widths(rebuilt) == [12, 25, 2]
     with torch.no_grad():
-        torch.testing.assert_close(rebuilt.eval()(tokens).logits, model(tokens).logits)
+        torch.testing.assert_close(rebuilt(tokens).logits, model(tokens).logits)
 
 
 def test_bad_targets_are_rejected(model: LlamaForCausalLM) -> None:

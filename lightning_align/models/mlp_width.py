@@ -16,8 +16,13 @@ from transformers import PreTrainedModel
 
 
 def mlp_modules(model: PreTrainedModel) -> list[nn.Module]:
-    """The MLP of every decoder layer, in depth order (modules with `gate_proj`, `up_proj`, `down_proj`)."""
-    return [layer.mlp for layer in model.get_decoder().layers]
+    """The MLP of every decoder layer that still has one, in depth order (modules with gate/up/down projections).
+
+    A layer whose MLP block was removed (see `models.blocks`) has no neurons and is left out, so widths and keep
+    indices always refer to the present MLPs in depth order. Models without `model.layers` have none.
+    """
+    layers = getattr(getattr(model, "model", None), "layers", None) or []
+    return [layer.mlp for layer in layers if hasattr(getattr(layer, "mlp", None), "down_proj")]
 
 
 def mlp_widths(model: PreTrainedModel) -> list[int]:
@@ -67,6 +72,6 @@ def resize_mlp_widths(model: PreTrainedModel, sizes: Sequence[int]) -> PreTraine
 def width_structure(model: PreTrainedModel) -> dict[str, list[int]]:
     """Metadata `structure` entry needed to rebuild this model: empty when the config already says the width."""
     widths = mlp_widths(model)
-    if all(width == model.config.intermediate_size for width in widths):
+    if all(width == getattr(model.config, "intermediate_size", None) for width in widths):
         return {}
     return {"intermediate_sizes": widths}
