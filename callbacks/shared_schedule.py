@@ -17,9 +17,10 @@ from lightning_align.errors import ConfigError
 class SharedSchedule(pl.Callback):
     """Sets `lr = base_lr × multiplier(stage, trainer.global_step)` before every optimizer step.
 
-    The base LRs are the optimizer's LRs when this stage first starts; they and the schedule go into the Lightning
-    checkpoint, so a resumed stage continues the same curve (the global step is derived from the stage offset and
-    `trainer.global_step`, which Lightning restores).
+    It overrides whatever per-stage scheduler the module configured (that one only runs after each step, and this
+    callback sets the LR again before the next). The base LRs are the optimizer's initial LRs when this stage first
+    starts; they and the schedule go into the Lightning checkpoint, so a resumed stage continues the same curve (the
+    global step is derived from the stage offset and `trainer.global_step`, which Lightning restores).
     """
 
     def __init__(self, budgets: dict[str, int], stage: str, warmup_steps: int, min_lr_ratio: float = 0.1) -> None:
@@ -30,7 +31,8 @@ class SharedSchedule(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.base_lrs is None:
-            self.base_lrs = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
+            self.base_lrs = [group.get("initial_lr", group["lr"])
+                             for optimizer in trainer.optimizers for group in optimizer.param_groups]
         self._apply(trainer)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
