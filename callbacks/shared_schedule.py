@@ -2,7 +2,7 @@
 
 IDEA Prune (arXiv 2503.05920, Sec. 3.1) keeps enlarge, prune and recover on one cosine annealing schedule; every
 stage that shares it declares the same `budgets` and names itself in `stage`. A stage whose budget dict holds only
-itself gets a schedule of its own, which is the naive pipeline (warm-up again after pruning).
+itself, or that sets `per_stage`, gets a schedule of its own: the naive pipeline (warm-up again after pruning).
 """
 from __future__ import annotations
 
@@ -23,10 +23,12 @@ class SharedSchedule(pl.Callback):
     global step is derived from the stage offset and `trainer.global_step`, which Lightning restores).
     """
 
-    def __init__(self, budgets: dict[str, int], stage: str, warmup_steps: int, min_lr_ratio: float = 0.1) -> None:
-        self.schedule = RunSchedule(dict(budgets), warmup_steps, min_lr_ratio)
+    def __init__(self, budgets: dict[str, int], stage: str, warmup_steps: int, min_lr_ratio: float = 0.1,
+                 per_stage: bool = False) -> None:
+        if stage not in budgets:
+            raise ConfigError("callbacks.SharedSchedule.stage", f"'{stage}' has no budget in {dict(budgets)}")
+        self.schedule = RunSchedule({stage: budgets[stage]} if per_stage else dict(budgets), warmup_steps, min_lr_ratio)
         self.stage = stage
-        self.schedule.global_step(stage, 0)
         self.base_lrs: list[float] | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -42,7 +42,7 @@ class StudentModule(L.LightningModule):
         self.save_hyperparameters()
         self.spec, self.optim, self.distill = model, optim, distill
         self.tokenizer = load_tokenizer(model)
-        self.model = load_model(model, self.tokenizer)
+        self.model = load_model(model, self.tokenizer).train()  # loaded directories come back in eval mode
         self.teacher = self._load_teacher(distill) if distill is not None else None
         self.val_ppl = Perplexity()
 

@@ -1,6 +1,7 @@
 """Stages run by Lightning's own CLI machinery, so a stage inside the pipeline and `lightning-align fit` agree."""
 from __future__ import annotations
 
+import copy
 import importlib
 import warnings
 import inspect
@@ -48,7 +49,7 @@ def check_stage_config(config: dict[str, Any], where: str, file: str | None = No
     paths), so a missing data file is reported before any stage runs.
     """
     try:
-        _ParseOnlyCLI(args=config, run=False)
+        _ParseOnlyCLI(args=copy.deepcopy(config), run=False)  # the parser turns nested class_path dicts into Namespaces
     except Exception as err:
         raise parser_error_to_config_error(err, prefix=f"{where}.", file=file) from None
     data = config.get("data")
@@ -74,7 +75,7 @@ def init_arg_names(section: Any) -> set[str]:
 def instantiate(config: dict[str, Any], where: str) -> StageCLI:
     """Build trainer, module and datamodule of a stage, with config errors named like `check_stage_config`'s."""
     try:
-        return StageCLI(args=config, run=False)
+        return StageCLI(args=copy.deepcopy(config), run=False)
     except Exception as err:
         if type(err).__module__.startswith(("argparse", "jsonargparse")):
             raise parser_error_to_config_error(err, prefix=f"{where}.") from None
