@@ -1,0 +1,80 @@
+"""Typed validation of composed configs, turning parser messages into one line that names the key."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from jsonargparse import ArgumentParser
+
+from lightning_align.errors import ConfigError
+
+_GROUP_OPTION = re.compile(r"Group '([^']+)' does not accept (?:nested )?(?:key|option) '([^']+)'")
+_OPTION = re.compile(r"Option '([^']+)' is not accepted")
+_PARSER_KEY = re.compile(r'Parser key "([^"]+)":?')
+_REQUIRED = re.compile(r"the following arguments are required: (.+)")
+_NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Expected a <class 'NoneType'>", "Given value")
+
+
+def condense_parser_error(message: str) -> tuple[str, str]:
+    """(key, problem) from a jsonargparse error.
+
+    Its text nests one `Parser key "..."` line per level and says "Problem with given class_path" where the next
+    level is relative to that class's `init_args`; the innermost line is the actual problem.
+    """
+    path: list[str] = []
+    for raw in message.splitlines():
+        line = raw.strip().lstrip("-").strip()
+        if not line or line.startswith(_NOISE):
+            continue
+        if line.startswith("Problem with given class_path"):
+            path.append("init_args")
+            rest = line.split(":", 1)[1].strip()
+            if rest:
+                return _dotted(path), rest
+            continue
+        if match := _GROUP_OPTION.search(line):
+            return _dotted(path + list(match.groups())), "unknown key"
+        if match := _OPTION.search(line):
+            return _dotted(path + [match.group(1)]), "unknown key"
+        if match := _REQUIRED.search(line):
+            return _dotted(path + [match.group(1)]), "required but missing"
+        if match := _PARSER_KEY.match(line):
+            path.append(match.group(1))
+            rest = line[match.end():].strip()
+            if rest:
+                return _dotted(path), rest
+            continue
+        return _dotted(path), line
+    return _dotted(path), message.strip().splitlines()[0] if message.strip() else "invalid value"
+
+
+def _dotted(path: list[str]) -> str:
+    while path and path[-1] == "init_args":
+        path = path[:-1]
+    return ".".join(path) or "<top level>"
+
+
+def parser_error_to_config_error(err: Exception, prefix: str = "", file: str | None = None) -> ConfigError:
+    key, problem = condense_parser_error(str(err))
+    return ConfigError(f"{prefix}{key}", problem, file)
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """Where a pipeline run lives (`<dir>/<name>/`) and the seed every stage starts from."""
+
+    name: str = "default"
+    dir: str = "runs"
+    seed: int = 42
+
+
+def validate_dataclass(cls: type, values: dict[str, Any], key: str) -> Any:
+    """Build `cls` from `values`, refusing unknown keys, wrong types and out-of-range values with the key named."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, key)
+    try:
+        parsed = parser.parse_object({key: values})
+    except Exception as err:  # jsonargparse raises argparse.ArgumentError or its own subclasses
+        raise parser_error_to_config_error(err) from None
+    return parser.instantiate_classes(parsed)[key]

@@ -1,0 +1,46 @@
+"""Text corpora: the English help text that ships with Python, or a user's .txt/.jsonl file."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from lightning_align.data.jsonl import read_jsonl
+from lightning_align.errors import DataError
+
+EMBEDDED = "embedded"
+
+
+def embedded_texts() -> list[str]:
+    """Python's `pydoc_data.topics` (~465k characters of English), sorted by topic for a stable order."""
+    from pydoc_data.topics import topics
+
+    return [topics[name] for name in sorted(topics)]
+
+
+def load_texts(source: str) -> list[str]:
+    """Documents of a corpus: "embedded", a .txt file (blank-line separated paragraphs) or a .jsonl with "text"."""
+    if source == EMBEDDED:
+        return embedded_texts()
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(path, "corpus file not found")
+    if path.suffix == ".jsonl":
+        return [record["text"] for record in read_jsonl(path, {"text": str})]
+    if path.suffix != ".txt":
+        raise DataError(path, "corpus must be 'embedded', a .txt or a .jsonl file")
+    texts = [chunk.strip() for chunk in path.read_text(encoding="utf-8").split("\n\n") if chunk.strip()]
+    if not texts:
+        raise DataError(path, "corpus is empty")
+    return texts
+
+
+def split_texts(texts: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Split whole documents (no leakage across the split), shuffled by `seed`; both sides get at least one."""
+    if len(texts) < 2:
+        return texts, texts
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    n_val = min(len(texts) - 1, max(1, round(len(texts) * val_fraction)))
+    val = [texts[i] for i in sorted(order[:n_val])]
+    train = [texts[i] for i in sorted(order[n_val:])]
+    return train, val

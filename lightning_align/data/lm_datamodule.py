@@ -1,0 +1,48 @@
+"""Packed next-token data for causal-LM stages, tokenized with the stage model's own tokenizer."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
+from torch.utils.data import DataLoader
+
+from lightning_align.data.corpus import EMBEDDED, load_texts, split_texts
+from lightning_align.data.packing import pack_blocks
+from lightning_align.errors import ConfigError
+
+
+class LMDataModule(L.LightningDataModule):
+    """Train/val blocks from a corpus ("embedded", .txt or .jsonl); documents are split before packing.
+
+    The tokenizer is taken from the LightningModule in `setup`, so data and model can never disagree on it.
+    Construction only checks arguments, so a pipeline can validate every stage before running any.
+    """
+
+    def __init__(self, corpus: str = EMBEDDED, block_size: PositiveInt = 128, batch_size: PositiveInt = 16,
+                 val_fraction: OpenUnitInterval = 0.1, seed: int = 0, num_workers: NonNegativeInt = 0) -> None:
+        super().__init__()
+        if corpus != EMBEDDED and not Path(corpus).is_file():
+            raise ConfigError("data.corpus", f"file '{corpus}' not found")
+        self.corpus, self.block_size, self.batch_size = corpus, block_size, batch_size
+        self.val_fraction, self.seed, self.num_workers = val_fraction, seed, num_workers
+        self.train_blocks: torch.Tensor | None = None
+        self.val_blocks: torch.Tensor | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.train_blocks is not None:
+            return
+        tokenizer = self.trainer.lightning_module.tokenizer
+        train, val = split_texts(load_texts(self.corpus), self.val_fraction, self.seed)
+        encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
+        self.train_blocks = pack_blocks(encode(train), self.block_size, tokenizer.eos_token_id)
+        self.val_blocks = pack_blocks(encode(val), self.block_size, tokenizer.eos_token_id)
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_blocks, batch_size=self.batch_size, shuffle=True, drop_last=True,
+                          generator=generator, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_blocks, batch_size=self.batch_size, num_workers=self.num_workers)
