@@ -222,3 +222,17 @@ def removed_blocks(model: nn.Module) -> list[Block]:
     """
     layers = decoder_layers(model)
     return [Block(i, k) for i in range(len(layers)) for k in ("attn", "mlp") if is_removed(layers, Block(i, k))]
+
+
+def block_structure(model: nn.Module) -> dict[str, Any]:
+    """The ``metadata["structure"]`` entry a saved pruned model needs: empty when only whole layers went.
+
+    Whole-layer removals are already in the saved config (fewer layers), so plain ``from_pretrained`` loads them.
+    """
+    partial = removed_blocks(model)
+    return {"removed_blocks": [b.to_json() for b in partial]} if partial else {}
+
+
+def replay_removed_blocks(model: nn.Module, records: list[dict[str, Any]]) -> None:
+    """Apply a recorded ``removed_blocks`` entry to a model freshly built from the saved config."""
+    remove_blocks(model, [Block.from_json(r) for r in records])

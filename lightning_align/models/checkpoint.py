@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from lightning_align.models.blocks import replay_removed_blocks
+
 METADATA_FILE = "lightning_align.json"
 
 
@@ -48,7 +50,9 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
 
 
 # Each structural shrink a stage can record, keyed by its entry in metadata["structure"].
-STRUCTURE_APPLIERS: dict[str, Callable[[PreTrainedModel, Any], None]] = {}
+STRUCTURE_APPLIERS: dict[str, Callable[[PreTrainedModel, Any], None]] = {
+    "removed_blocks": replay_removed_blocks,
+}
 
 
 def apply_structure(model: PreTrainedModel, structure: dict[str, Any]) -> None:
