@@ -12,6 +12,7 @@ from lightning_align.errors import ConfigError
 _GROUP_OPTION = re.compile(r"Group '([^']+)' does not accept (?:nested )?(?:key|option) '([^']+)'")
 _OPTION = re.compile(r"Option '([^']+)' is not accepted")
 _PARSER_KEY = re.compile(r'Parser key "([^"]+)":?')
+_UNRECOGNIZED = re.compile(r"unrecognized arguments: --([^\s=]+)")
 _REQUIRED = re.compile(r"the following arguments are required: (.+)")
 _NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Expected a <class 'NoneType'>", "Given value")
 
@@ -36,6 +37,8 @@ def condense_parser_error(message: str) -> tuple[str, str]:
         if match := _GROUP_OPTION.search(line):
             return _dotted(path + list(match.groups())), "unknown key"
         if match := _OPTION.search(line):
+            return _dotted(path + [match.group(1)]), "unknown key"
+        if match := _UNRECOGNIZED.search(line):
             return _dotted(path + [match.group(1)]), "unknown key"
         if match := _REQUIRED.search(line):
             return _dotted(path + [match.group(1)]), "required but missing"

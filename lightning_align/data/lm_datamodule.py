@@ -24,7 +24,7 @@ class LMDataModule(L.LightningDataModule):
                  val_fraction: OpenUnitInterval = 0.1, seed: int = 0, num_workers: NonNegativeInt = 0) -> None:
         super().__init__()
         if corpus != EMBEDDED and not Path(corpus).is_file():
-            raise ConfigError("data.corpus", f"file '{corpus}' not found")
+            raise ConfigError("data.init_args.corpus", f"file '{corpus}' not found")
         self.corpus, self.block_size, self.batch_size = corpus, block_size, batch_size
         self.val_fraction, self.seed, self.num_workers = val_fraction, seed, num_workers
         self.train_blocks: torch.Tensor | None = None

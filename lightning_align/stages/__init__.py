@@ -1,15 +1,27 @@
-"""Stage actions: the pipeline looks up `pipeline.stages.<name>: <action>` here."""
+"""Stage actions: the pipeline looks up `pipeline.stages.<name>: <action>` here.
+
+An action has a `check` (validate a stage config before anything runs; raises `ConfigError`) and a `run`
+(do the stage, write the output model directory, return metrics).
+"""
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from lightning_align.stages import lightning_stage
 from lightning_align.stages.context import StageContext
 
-ACTIONS: dict[str, Callable[[StageContext], dict[str, float]]] = {
-    "fit": lightning_stage.fit,
-    "validate": lightning_stage.validate,
-    "test": lightning_stage.test,
+
+@dataclass(frozen=True)
+class Action:
+    run: Callable[[StageContext], dict[str, float]]
+    check: Callable[[dict[str, Any], str], None]
+
+
+ACTIONS: dict[str, Action] = {
+    "fit": Action(lightning_stage.fit, lightning_stage.check_stage_config),
+    "validate": Action(lightning_stage.validate, lightning_stage.check_stage_config),
+    "test": Action(lightning_stage.test, lightning_stage.check_stage_config),
 }
 
-__all__ = ["ACTIONS", "StageContext"]
+__all__ = ["ACTIONS", "Action", "StageContext"]

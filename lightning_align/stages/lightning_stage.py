@@ -1,13 +1,16 @@
 """Stages run by Lightning's own CLI machinery, so a stage inside the pipeline and `lightning-align fit` agree."""
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
+import warnings
+import inspect
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_align.config import parser_error_to_config_error
+from lightning_align.errors import ConfigError
 from lightning_align.stages.context import StageContext
 
 
@@ -15,6 +18,8 @@ class StageCLI(LightningCLI):
     """LightningCLI over any LightningModule / LightningDataModule given by `class_path` (subclass mode)."""
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+        # Lightning warns when `args` is given while sys.argv has arguments; here both come from our own CLI.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         super().__init__(
             L.LightningModule,
             L.LightningDataModule,
@@ -37,13 +42,33 @@ class _ParseOnlyCLI(StageCLI):
 
 
 def check_stage_config(config: dict[str, Any], where: str, file: str | None = None) -> None:
-    """Raise `ConfigError` naming `<where>.<key>` if the stage config does not parse."""
+    """Raise `ConfigError` naming `<where>.<key>` if the stage config does not parse.
+
+    The datamodule is also constructed (cheap by convention: construction only checks arguments such as file
+    paths), so a missing data file is reported before any stage runs.
+    """
     try:
         _ParseOnlyCLI(args=config, run=False)
     except Exception as err:
-        if isinstance(err, (KeyboardInterrupt, SystemExit)):
-            raise
         raise parser_error_to_config_error(err, prefix=f"{where}.", file=file) from None
+    data = config.get("data")
+    if isinstance(data, dict) and "class_path" in data:
+        try:
+            _import(data["class_path"])(**data.get("init_args", {}))
+        except ConfigError as err:
+            raise ConfigError(f"{where}.{err.key}", err.problem, file) from None
+
+
+def _import(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def init_arg_names(section: Any) -> set[str]:
+    """Constructor argument names of a `class_path` section (empty when it has none)."""
+    if not isinstance(section, dict) or "class_path" not in section:
+        return set()
+    return set(inspect.signature(_import(section["class_path"])).parameters)
 
 
 def instantiate(config: dict[str, Any], where: str) -> StageCLI:
@@ -72,9 +97,9 @@ def fit(ctx: StageContext) -> dict[str, float]:
         before = _metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False))
         metrics.update({f"{k}_start": v for k, v in before.items()})
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    metrics.update({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("train/")})
     if _has_val(cli):
         metrics.update(_metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)))
-    metrics.update({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("train/")})
     cli.model.export(ctx.output_dir, {"stage": ctx.name, "metrics": metrics})
     return metrics
 
@@ -95,7 +120,14 @@ def test(ctx: StageContext) -> dict[str, float]:
     return metrics
 
 
-def stage_module_path(config: dict[str, Any]) -> Path | None:
-    """The model directory a stage config starts from, if it names one."""
-    path = config.get("model", {}).get("init_args", {}).get("model", {}).get("path")
-    return Path(path) if path else None
+def run_lightning_cli(argv: list[str]) -> None:
+    """`lightning-align fit|validate|test|predict ...`: Lightning's CLI, with config errors as `ConfigError`."""
+    config_file = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")), None)
+    try:
+        StageCLI(args=argv, run=True)
+    except ConfigError:
+        raise
+    except Exception as err:
+        if type(err).__module__.startswith(("argparse", "jsonargparse")):
+            raise parser_error_to_config_error(err, file=config_file) from None
+        raise

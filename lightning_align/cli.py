@@ -1,0 +1,94 @@
+"""`lightning-align`: a thin command line over the pipeline, Lightning's CLI and the report.
+
+  run       compose conf/ with Hydra (plus overrides) and run the whole pipeline
+  fit|validate|test|predict   one stage through Lightning's CLI: --config conf/stages/<stage>.yaml [--key=value]
+  report    rebuild report.md and plots of a run directory
+
+User errors (config, data) print one line on stderr and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from lightning_align.errors import LightningAlignError
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+PACKAGE_CONF = Path(__file__).parent / "conf"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lightning-align",
+        description="Train, compress and align causal language models in one multi-stage run.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="One stage alone: lightning-align fit --config conf/stages/pretrain.yaml --trainer.max_steps=5\n"
+        "(fit/validate/test/predict take Lightning CLI arguments; see `lightning-align fit --help`).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,fit,validate,test,predict,report}")
+    run = sub.add_parser("run", help="run the pipeline composed from conf/ (Hydra overrides as key=value)")
+    run.add_argument("--config-path", type=Path, default=PACKAGE_CONF, help="config directory (default: packaged conf/)")
+    run.add_argument("--config-name", default="config", help="primary config file name without .yaml")
+    run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. run.name=exp1 stages.pretrain.trainer.max_steps=50")
+    report = sub.add_parser("report", help="rebuild report.md and plots of a run directory")
+    report.add_argument("run_dir", type=Path)
+    for name in LIGHTNING_SUBCOMMANDS:
+        sub.add_parser(name, help=f"Lightning CLI `{name}` of one stage (--config conf/stages/<stage>.yaml)",
+                       add_help=False)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    from lightning_align.pipeline import MultiStageTrainer
+    from lightning_align.run_config import compose
+
+    trainer = MultiStageTrainer(compose(args.config_path, args.config_name, args.overrides))
+    results = trainer.run()
+    print(f"\nrun directory: {trainer.run_dir}")
+    for stage, metrics in results.items():
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+        print(f"  {stage}: {shown}")
+    print(f"report: {trainer.run_dir / 'report.md'}")
+
+
+def _lightning(argv: list[str]) -> None:
+    from lightning_align.stages.lightning_stage import run_lightning_cli
+
+    run_lightning_cli(argv)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from lightning_align.eval.report import write_run_report
+
+    print(write_run_report(args.run_dir))
+
+
+def _log_to_stderr() -> None:
+    """Our own INFO lines (stage starts, skips); Lightning configures its loggers itself."""
+    logger = logging.getLogger("lightning_align")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[lightning_align] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _log_to_stderr()
+    try:
+        if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+            _lightning(argv)
+            return 0
+        args = _parser().parse_args(argv)
+        {"run": _run, "report": _report}[args.command](args)
+    except (LightningAlignError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""MultiStageTrainer: run the stages of one composed config in order, handing model directories on.
+
+Stages hand over files, not objects: each writes `runs/<name>/<stage>/` (a Hugging Face directory) and is marked
+done in `state.json` with a hash of its effective config, so running the same command again skips finished stages
+and a changed stage reruns together with everything after it.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_align.config import RunSection, validate_dataclass
+from lightning_align.errors import ConfigError
+from lightning_align.eval.report import write_run_report
+from lightning_align.models.spec import ModelSpec
+from lightning_align.stages import ACTIONS, StageContext
+from lightning_align.stages.lightning_stage import init_arg_names
+
+log = logging.getLogger(__name__)
+TOP_LEVEL_KEYS = {"run", "model", "data", "trainer", "pipeline", "stages"}
+
+
+def _hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+class MultiStageTrainer:
+    """Plans (validates every stage) before running any, then runs the stages that are not done yet."""
+
+    def __init__(self, cfg: DictConfig | dict[str, Any]) -> None:
+        self.config: dict[str, Any] = (
+            OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
+        )
+        unknown = set(self.config) - TOP_LEVEL_KEYS
+        if unknown:
+            raise ConfigError(sorted(unknown)[0], f"unknown top-level key (expected {sorted(TOP_LEVEL_KEYS)})")
+        self.run_section: RunSection = validate_dataclass(RunSection, self.config.get("run", {}), "run")
+        self.run_dir = Path(self.run_section.dir) / self.run_section.name
+        self.stages = self.plan()
+
+    def plan(self) -> list[StageContext]:
+        """The effective config of every stage, validated; raises `ConfigError` before any work."""
+        validate_dataclass(ModelSpec, self.config.get("model", {}), "model")
+        order = (self.config.get("pipeline") or {}).get("stages") or {}
+        if not isinstance(order, dict) or not order:
+            raise ConfigError("pipeline.stages", "must map at least one stage name to an action")
+        declared = self.config.get("stages") or {}
+        contexts, previous = [], None
+        for name, action in order.items():
+            if action not in ACTIONS:
+                raise ConfigError(f"pipeline.stages.{name}", f"unknown action '{action}' (one of {sorted(ACTIONS)})")
+            if name not in declared:
+                raise ConfigError(f"pipeline.stages.{name}", f"no config under 'stages.{name}'")
+            config = self._effective(name, declared[name], previous)
+            ACTIONS[action].check(config, f"stages.{name}")
+            contexts.append(StageContext(name, config, previous, self.run_dir / name, self.run_dir))
+            previous = self.run_dir / name
+        return contexts
+
+    def _effective(self, name: str, stage: dict[str, Any], previous: Path | None) -> dict[str, Any]:
+        """Fill a stage config from the run level: trainer defaults, seed, starting model, shared data settings."""
+        config = copy.deepcopy(stage)
+        trainer = {**(self.config.get("trainer") or {}), **(config.get("trainer") or {})}
+        trainer.setdefault("default_root_dir", str(self.run_dir / "logs" / name))
+        trainer.setdefault("logger", {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                      "init_args": {"save_dir": str(self.run_dir / "logs"), "name": name,
+                                                    "version": ""}})
+        config["trainer"] = trainer
+        config.setdefault("seed_everything", self.run_section.seed)
+        model = config.get("model")
+        if "model" in init_arg_names(model):
+            init_args = model.setdefault("init_args", {})
+            start = dict(self.config.get("model") or {}) if previous is None else {"path": str(previous)}
+            init_args["model"] = {**start, **(init_args.get("model") or {})}
+        data = config.get("data")
+        accepted = init_arg_names(data)
+        for key, value in (self.config.get("data") or {}).items():
+            if key in accepted:
+                data.setdefault("init_args", {}).setdefault(key, value)
+        return config
+
+    def _state(self) -> dict[str, Any]:
+        path = self.run_dir / "state.json"
+        return json.loads(path.read_text()) if path.is_file() else {"done": {}}
+
+    def run(self) -> dict[str, dict[str, float]]:
+        """Run every stage not yet done with the same config; returns each stage's metrics."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create({**self.config, "stages": {c.name: c.config for c in self.stages}}),
+                       self.run_dir / "config.yaml")
+        state = self._state()
+        rerun_rest = False
+        for ctx in self.stages:
+            done = state["done"].get(ctx.name)
+            digest = _hash(ctx.config)
+            if not rerun_rest and done and done["config_hash"] == digest and ctx.output_dir.is_dir():
+                log.info("stage %s already done, skipping", ctx.name)
+                continue
+            rerun_rest = True
+            action = self.config["pipeline"]["stages"][ctx.name]
+            log.info("stage %s (%s) -> %s", ctx.name, action, ctx.output_dir)
+            metrics = ACTIONS[action].run(ctx)
+            state["done"][ctx.name] = {"config_hash": digest, "action": action, "metrics": metrics}
+            _write_json(self.run_dir / "state.json", state)
+        write_run_report(self.run_dir, [c.name for c in self.stages])
+        return {c.name: state["done"][c.name]["metrics"] for c in self.stages}
