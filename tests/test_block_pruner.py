@@ -42,7 +42,7 @@ def test_fast_search_equals_naive_search_exactly(model: torch.nn.Module) -> None
     assert fast.order == naive.order
     assert [s.ppl for s in fast.steps] == [s.ppl for s in naive.steps]
     # naive: dense pass 6, then c candidates x (c - 1) remaining blocks for c = 6, 5, 4; per sequence
-    assert naive.block_forwards == (6 + 30 + 20 + 12) * 5
+    assert naive.block_forwards == (6 + 30 + 20 + 12) * 5 == fast.naive_block_forwards
     assert fast.block_forwards < naive.block_forwards
 
 

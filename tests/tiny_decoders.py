@@ -7,11 +7,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 VOCAB = 101
 
 
-def tiny_decoder(model_type: str = "llama", layers: int = 3, seed: int = 0, tie: bool = False) -> PreTrainedModel:
+def tiny_decoder(
+    model_type: str = "llama", layers: int = 3, seed: int = 0, tie: bool = False, vocab: int = VOCAB
+) -> PreTrainedModel:
     """A fp32 decoder with hidden 32, 4 heads (2 KV heads), eval mode; weights drawn from ``seed``."""
     config = AutoConfig.for_model(
         model_type,
-        vocab_size=VOCAB,
+        vocab_size=vocab,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=layers,

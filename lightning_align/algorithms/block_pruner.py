@@ -78,6 +78,7 @@ class SearchResult:
     total_params: int
     steps: list[PruneStep] = field(default_factory=list)
     block_forwards: int = 0
+    naive_block_forwards: int = 0
 
     @property
     def order(self) -> list[Block]:
@@ -88,6 +89,7 @@ class SearchResult:
             "method": self.method,
             "dense_ppl": self.dense_ppl,
             "block_forwards": self.block_forwards,
+            "naive_block_forwards": self.naive_block_forwards,
             "steps": [{"removed": [b.to_json() for b in s.removed], "ppl": s.ppl, "removed_fraction": s.removed_fraction} for s in self.steps],
         }
 
@@ -200,15 +202,22 @@ def greedy_search(
 
     ``groups(removed)`` lists the candidates still available (single blocks for BlockPruner, layer pairs for the
     whole-layer baseline). Ties go to the earliest group in residual-stream order, so the search is deterministic.
+    The last candidate is never removed, so the model keeps at least one block (or layer).
     Callers validate ``stop`` before building the runner, so bad rules fail before any forward pass.
     """
     model = runner.model
     sizes, total = block_parameters(model), count_parameters(model)
     result = SearchResult(method, runner.perplexity(set()), total)
+    result.naive_block_forwards = runner.block_forwards
     removed: set[Block] = set()
     bar = tqdm(desc=f"{method} search", unit="step", disable=not progress)
-    while True:
+    fraction = 0.0
+    while not stop.reached(len(removed), fraction):
         candidates = sorted(groups(removed), key=lambda g: min(g).position)
+        if len(candidates) < 2:
+            break
+        kept = len(sizes) - len(removed)
+        result.naive_block_forwards += runner.num_sequences * sum(kept - len(g) for g in candidates)
         scores = runner.score_candidates(removed, candidates, reuse_prefix)
         best = min(range(len(candidates)), key=lambda i: (scores[i], i))
         removed |= set(candidates[best])
@@ -216,8 +225,6 @@ def greedy_search(
         result.steps.append(PruneStep(candidates[best], scores[best], fraction))
         bar.update(1)
         bar.set_postfix(removed="+".join(map(str, candidates[best])), ppl=f"{scores[best]:.3f}")
-        if stop.reached(len(removed), fraction) or len(candidates) == 1:
-            break
     bar.close()
     result.block_forwards = runner.block_forwards
     return result

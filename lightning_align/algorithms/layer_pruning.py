@@ -56,7 +56,7 @@ def block_influences(runner: BlockRunner) -> list[float]:
 def block_influence(
     model: nn.Module, calibration: torch.Tensor, stop: StopRule, batch_size: int = 8, progress: bool = True
 ) -> SearchResult:
-    """Remove layers in ascending Block Influence until ``stop``; ties go to the earlier layer."""
+    """Remove layers in ascending Block Influence until ``stop``, keeping at least one; ties go to the earlier layer."""
     stop.validate(model)
     runner = BlockRunner(model, calibration, batch_size)
     sizes, total = block_parameters(model), count_parameters(model)
@@ -64,12 +64,12 @@ def block_influence(
     ranking = sorted(range(len(influence)), key=lambda i: (influence[i], i))
     result = SearchResult("block-influence", runner.perplexity(set()), total)
     removed: set[Block] = set()
-    for layer in tqdm(ranking, desc="block-influence", unit="layer", disable=not progress):
+    for layer in tqdm(ranking[:-1], desc="block-influence", unit="layer", disable=not progress):
         group = (Block(layer, "attn"), Block(layer, "mlp"))
         removed |= set(group)
         fraction = sum(sizes[b] for b in removed) / total
         result.steps.append(PruneStep(group, runner.perplexity(removed), fraction))
         if stop.reached(len(removed), fraction):
             break
-    result.block_forwards = runner.block_forwards
+    result.block_forwards = result.naive_block_forwards = runner.block_forwards
     return result
