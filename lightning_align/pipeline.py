@@ -31,9 +31,16 @@ def _hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def is_rank_zero() -> bool:
+    """True outside distributed runs and on global rank 0 (DDP/FSDP launch the same command once per rank)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    if not is_rank_zero():
+        return
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(path)
 
 
@@ -99,8 +106,9 @@ class MultiStageTrainer:
     def run(self) -> dict[str, dict[str, float]]:
         """Run every stage not yet done with the same config; returns each stage's metrics."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create({**self.config, "stages": {c.name: c.config for c in self.stages}}),
-                       self.run_dir / "config.yaml")
+        if is_rank_zero():
+            OmegaConf.save(OmegaConf.create({**self.config, "stages": {c.name: c.config for c in self.stages}}),
+                           self.run_dir / "config.yaml")
         state = self._state()
         rerun_rest = False
         for ctx in self.stages:
@@ -115,5 +123,6 @@ class MultiStageTrainer:
             metrics = ACTIONS[action].run(ctx)
             state["done"][ctx.name] = {"config_hash": digest, "action": action, "metrics": metrics}
             _write_json(self.run_dir / "state.json", state)
-        write_run_report(self.run_dir, [c.name for c in self.stages])
+        if is_rank_zero():
+            write_run_report(self.run_dir, [c.name for c in self.stages])
         return {c.name: state["done"][c.name]["metrics"] for c in self.stages}

@@ -11,10 +11,13 @@ EMBEDDED = "embedded"
 
 
 def embedded_texts() -> list[str]:
-    """Python's `pydoc_data.topics` (~465k characters of English), sorted by topic for a stable order."""
+    """Python's `pydoc_data.topics` (~465k characters of English) in a stable order.
+
+    Some topics are aliases with identical text; duplicates are dropped so train and val never share a document.
+    """
     from pydoc_data.topics import topics
 
-    return [topics[name] for name in sorted(topics)]
+    return list(dict.fromkeys(topics[name] for name in sorted(topics)))
 
 
 def load_texts(source: str) -> list[str]:

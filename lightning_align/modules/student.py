@@ -42,7 +42,7 @@ class StudentModule(L.LightningModule):
         targets = batch[:, 1:]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
         self.val_ppl.update(logits, targets)
-        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log("val/ppl", self.val_ppl, prog_bar=True)
 
     def configure_optimizers(self) -> dict:

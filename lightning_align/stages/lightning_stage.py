@@ -89,6 +89,13 @@ def _has_val(cli: StageCLI) -> bool:
     return cli.trainer.limit_val_batches != 0 and hasattr(cli.datamodule, "val_dataloader")
 
 
+def _export(cli: StageCLI, ctx: StageContext, metrics: dict[str, float]) -> None:
+    """Rank zero writes the stage output; every rank waits for it, since the next stage loads it."""
+    if cli.trainer.is_global_zero:
+        cli.model.export(ctx.output_dir, {"stage": ctx.name, "metrics": metrics})
+    cli.trainer.strategy.barrier("export")
+
+
 def fit(ctx: StageContext) -> dict[str, float]:
     """Validate, train, validate again, export: the report shows the stage's held-out metrics before and after."""
     cli = instantiate(ctx.config, f"stages.{ctx.name}")
@@ -100,7 +107,7 @@ def fit(ctx: StageContext) -> dict[str, float]:
     metrics.update({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("train/")})
     if _has_val(cli):
         metrics.update(_metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)))
-    cli.model.export(ctx.output_dir, {"stage": ctx.name, "metrics": metrics})
+    _export(cli, ctx, metrics)
     return metrics
 
 
@@ -108,7 +115,7 @@ def validate(ctx: StageContext) -> dict[str, float]:
     """Held-out metrics of the incoming model; the model is passed on unchanged."""
     cli = instantiate(ctx.config, f"stages.{ctx.name}")
     metrics = _metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False))
-    cli.model.export(ctx.output_dir, {"stage": ctx.name, "metrics": metrics})
+    _export(cli, ctx, metrics)
     return metrics
 
 
@@ -116,7 +123,7 @@ def test(ctx: StageContext) -> dict[str, float]:
     """Test-set metrics of the incoming model; the model is passed on unchanged."""
     cli = instantiate(ctx.config, f"stages.{ctx.name}")
     metrics = _metrics(cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False))
-    cli.model.export(ctx.output_dir, {"stage": ctx.name, "metrics": metrics})
+    _export(cli, ctx, metrics)
     return metrics
 
 
