@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from lightning_align.models.blocks import SUPPORTED_MODEL_TYPES, block_structure, replay_removed_blocks
 from lightning_align.models.mlp_width import resize_mlp_widths, width_structure
 
 METADATA_FILE = "lightning_align.json"
@@ -55,13 +56,15 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
 
 # Each structural shrink a stage can record, keyed by its entry in metadata["structure"].
 STRUCTURE_APPLIERS: dict[str, Callable[[PreTrainedModel, Any], None]] = {
+    "removed_blocks": replay_removed_blocks,  # first: widths refer to the MLPs that remain
     "intermediate_sizes": resize_mlp_widths,
 }
 
 
 def model_structure(model: PreTrainedModel) -> dict[str, Any]:
     """What the saved config cannot say about this model's shape; derived from the model, never stored alongside."""
-    return {**width_structure(model)}
+    blocks = block_structure(model) if getattr(model.config, "model_type", None) in SUPPORTED_MODEL_TYPES else {}
+    return {**blocks, **width_structure(model)}
 
 
 def apply_structure(model: PreTrainedModel, structure: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from lightning_align.stages import lightning_stage
+from lightning_align.stages import lightning_stage, prune
 from lightning_align.stages.context import StageContext
 
 
@@ -22,6 +22,7 @@ ACTIONS: dict[str, Action] = {
     "fit": Action(lightning_stage.fit, lightning_stage.check_stage_config),
     "validate": Action(lightning_stage.validate, lightning_stage.check_stage_config),
     "test": Action(lightning_stage.test, lightning_stage.check_stage_config),
+    "prune": Action(prune.run, prune.check),
 }
 
 __all__ = ["ACTIONS", "Action", "StageContext"]
