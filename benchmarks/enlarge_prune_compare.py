@@ -29,7 +29,7 @@ def split_budget(total: int) -> dict[str, int]:
     return {"enlarge": total - 2 * prune, "prune": prune, "recover": prune}
 
 
-def overrides(pipeline: str, out: Path, total: int, quick: bool) -> list[str]:
+def overrides(pipeline: str, out: Path, total: int, quick: bool, batch_size: int | None = None) -> list[str]:
     """Hydra overrides giving every pipeline the same total steps (and, with `--quick`, a tiny model)."""
     args = [f"pipeline={pipeline}", f"run.dir={out}", f"run.name={pipeline}", "+trainer.enable_progress_bar=false"]
     budgets = split_budget(total)
@@ -45,6 +45,8 @@ def overrides(pipeline: str, out: Path, total: int, quick: bool) -> list[str]:
     else:
         args.append(f"pipeline.schedule.budgets.train={total}")
         stages = ("train", "evaluate")
+    if batch_size is not None:
+        args += [f"stages.{stage}.data.init_args.batch_size={batch_size}" for stage in stages]
     if quick:
         args += ["model.vocab_size=300", "model.hidden_size=32", "model.intermediate_size=32",
                  "model.num_hidden_layers=2", "model.num_attention_heads=2", "model.num_key_value_heads=2",
@@ -57,11 +59,11 @@ def overrides(pipeline: str, out: Path, total: int, quick: bool) -> list[str]:
     return args
 
 
-def run_all(out: Path, total: int, quick: bool) -> list[dict]:
+def run_all(out: Path, total: int, quick: bool, batch_size: int | None) -> list[dict]:
     rows = []
     for pipeline in PIPELINES:
         start = time.perf_counter()
-        trainer = MultiStageTrainer(compose(CONF, "config", overrides(pipeline, out, total, quick)))
+        trainer = MultiStageTrainer(compose(CONF, "config", overrides(pipeline, out, total, quick, batch_size)))
         results = trainer.run()
         model = load_pretrained(trainer.run_dir / "evaluate")
         rows.append({"pipeline": pipeline, "ppl": results["evaluate"]["val/ppl"],
@@ -91,10 +93,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model and 16 steps: checks the comparison runs")
     parser.add_argument("--steps", type=int, default=None, help="total optimizer steps per pipeline (default 400)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size of every stage (default: the YAML's)")
     parser.add_argument("--out", type=Path, default=Path("runs/enlarge_prune_compare"))
     args = parser.parse_args(argv)
     total = args.steps or (16 if args.quick else 400)
-    rows = run_all(args.out, total, args.quick)
+    rows = run_all(args.out, total, args.quick, args.batch_size)
     return write_report(rows, args.out, total)
 
 

@@ -16,7 +16,7 @@ import torch
 
 from lightning_align.algorithms.width_pruner import Scope, WidthPruner, cubic_width
 from lightning_align.errors import ConfigError
-from lightning_align.models.mlp_width import slice_mlp_widths
+from lightning_align.models.mlp_width import mlp_modules, slice_mlp_widths
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,10 @@ class GradualWidthPruning(pl.Callback):
             log.warning("training stopped at step %d, before the pruning window ended at %d: pruned to the target "
                         "width in one cut", trainer.global_step, self.end_step)
         self.pruner.detach()
-        slice_mlp_widths(pl_module.model, self.pruner.keep_indices())
+        present = mlp_modules(pl_module.model)  # block removal may have taken some MLPs out already
+        keep = [index for mlp, index in zip(self.pruner.mlps, self.pruner.keep_indices())
+                if any(mlp is other for other in present)]
+        slice_mlp_widths(pl_module.model, keep)
 
     def state_dict(self) -> dict[str, Any]:
         return self.pruner.state_dict() if self.pruner is not None else {}

@@ -32,11 +32,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LIGHTNING_ALIGN_CACHE", str(tmp_path_factory.getbasetemp() / "tokenizers"))
-
-
 class LRRecorder(L.Callback):
     """The LR each optimizer step actually used."""
 
