@@ -29,9 +29,12 @@ def split_budget(total: int) -> dict[str, int]:
     return {"enlarge": total - 2 * prune, "prune": prune, "recover": prune}
 
 
-def overrides(pipeline: str, out: Path, total: int, quick: bool, batch_size: int | None = None) -> list[str]:
+def overrides(pipeline: str, out: Path, total: int, quick: bool, batch_size: int | None = None,
+              corpus: str | None = None) -> list[str]:
     """Hydra overrides giving every pipeline the same total steps (and, with `--quick`, a tiny model)."""
     args = [f"pipeline={pipeline}", f"run.dir={out}", f"run.name={pipeline}", "+trainer.enable_progress_bar=false"]
+    if corpus is not None:
+        args.append(f"data.corpus={corpus}")
     budgets = split_budget(total)
     warmup = max(1, total // 20)
     args.append(f"pipeline.schedule.warmup_steps={warmup}")
@@ -55,15 +58,15 @@ def overrides(pipeline: str, out: Path, total: int, quick: bool, batch_size: int
             args.append("stages.enlarge.model.init_args.model.intermediate_size=84")
         for stage in stages:
             args += [f"stages.{stage}.data.init_args.block_size=32", f"stages.{stage}.data.init_args.batch_size=4",
-                     f"stages.{stage}.trainer.limit_val_batches=2", f"stages.{stage}.trainer.log_every_n_steps=1"]
+                     f"stages.{stage}.trainer.limit_val_batches=2", f"++stages.{stage}.trainer.log_every_n_steps=1"]
     return args
 
 
-def run_all(out: Path, total: int, quick: bool, batch_size: int | None) -> list[dict]:
+def run_all(out: Path, total: int, quick: bool, batch_size: int | None = None, corpus: str | None = None) -> list[dict]:
     rows = []
     for pipeline in PIPELINES:
         start = time.perf_counter()
-        trainer = MultiStageTrainer(compose(CONF, "config", overrides(pipeline, out, total, quick, batch_size)))
+        trainer = MultiStageTrainer(compose(CONF, "config", overrides(pipeline, out, total, quick, batch_size, corpus)))
         results = trainer.run()
         model = load_pretrained(trainer.run_dir / "evaluate")
         rows.append({"pipeline": pipeline, "ppl": results["evaluate"]["val/ppl"],
@@ -94,10 +97,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--quick", action="store_true", help="tiny model and 16 steps: checks the comparison runs")
     parser.add_argument("--steps", type=int, default=None, help="total optimizer steps per pipeline (default 400)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size of every stage (default: the YAML's)")
+    parser.add_argument("--corpus", default=None, help="a .txt/.jsonl corpus instead of the embedded one")
     parser.add_argument("--out", type=Path, default=Path("runs/enlarge_prune_compare"))
     args = parser.parse_args(argv)
     total = args.steps or (16 if args.quick else 400)
-    rows = run_all(args.out, total, args.quick, args.batch_size)
+    rows = run_all(args.out, total, args.quick, args.batch_size, args.corpus)
     return write_report(rows, args.out, total)
 
 
