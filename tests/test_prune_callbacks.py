@@ -6,6 +6,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from lightning_align.algorithms.losses import distillation_loss
@@ -18,6 +19,9 @@ from lightning_align.models.mlp_width import mlp_widths
 from lightning_align.models.spec import ModelSpec
 from lightning_align.modules.optim import OptimConfig
 from lightning_align.modules.student import DistillConfig, StudentModule
+from lightning_align.stages.lightning_stage import check_stage_config
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 SPEC = ModelSpec(vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
                  num_key_value_heads=2, max_position_embeddings=64)
@@ -117,3 +121,13 @@ def test_distillation_mixes_teacher_kl_into_the_loss(corpus: str, tmp_path: Path
 
     with pytest.raises(ConfigError, match="distill.teacher"):
         _student(distill=DistillConfig(teacher=str(tmp_path / "missing")))
+
+
+@pytest.mark.parametrize("name", ["enlarge", "prune_width", "prune_blocks", "recover"])
+def test_stage_files_parse_alone(name: str) -> None:
+    """Each stage file is a valid Lightning CLI `--config` on its own (callback arguments type-checked)."""
+    config = yaml.safe_load((CONF / "stages" / f"{name}.yaml").read_text())
+    check_stage_config(config, f"stages.{name}")
+    config["trainer"]["callbacks"][0]["init_args"]["bogus"] = 1
+    with pytest.raises(ConfigError, match="bogus"):
+        check_stage_config(config, f"stages.{name}")

@@ -79,3 +79,4 @@ def test_bad_schedule_names_the_key(budgets: dict[str, int], warmup: int, floor:
 def test_unknown_stage_names_the_stages() -> None:
     with pytest.raises(ConfigError, match="'sft' is not one of"):
         RunSchedule({"enlarge": 10}, 1).multiplier("sft", 0)
+
