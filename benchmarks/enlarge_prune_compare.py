@@ -30,7 +30,7 @@ def split_budget(total: int) -> dict[str, int]:
 
 
 def overrides(pipeline: str, out: Path, total: int, quick: bool, batch_size: int | None = None,
-              corpus: str | None = None) -> list[str]:
+              corpus: str | None = None, seed: int | None = None) -> list[str]:
     """Hydra overrides giving every pipeline the same total steps (and, with `--quick`, a tiny model)."""
     args = [f"pipeline={pipeline}", f"run.dir={out}", f"run.name={pipeline}", "+trainer.enable_progress_bar=false"]
     if corpus is not None:
@@ -50,6 +50,8 @@ def overrides(pipeline: str, out: Path, total: int, quick: bool, batch_size: int
         stages = ("train", "evaluate")
     if batch_size is not None:
         args += [f"stages.{stage}.data.init_args.batch_size={batch_size}" for stage in stages]
+    if seed is not None:
+        args += [f"model.seed={seed}"] + [f"stages.{stage}.seed_everything={seed}" for stage in stages]
     if quick:
         args += ["model.vocab_size=300", "model.hidden_size=32", "model.intermediate_size=32",
                  "model.num_hidden_layers=2", "model.num_attention_heads=2", "model.num_key_value_heads=2",
@@ -62,11 +64,12 @@ def overrides(pipeline: str, out: Path, total: int, quick: bool, batch_size: int
     return args
 
 
-def run_all(out: Path, total: int, quick: bool, batch_size: int | None = None, corpus: str | None = None) -> list[dict]:
+def run_all(out: Path, total: int, quick: bool, batch_size: int | None = None, corpus: str | None = None,
+            seed: int | None = None) -> list[dict]:
     rows = []
     for pipeline in PIPELINES:
         start = time.perf_counter()
-        trainer = MultiStageTrainer(compose(CONF, "config", overrides(pipeline, out, total, quick, batch_size, corpus)))
+        trainer = MultiStageTrainer(compose(CONF, "config", overrides(pipeline, out, total, quick, batch_size, corpus, seed)))
         results = trainer.run()
         model = load_pretrained(trainer.run_dir / "evaluate")
         rows.append({"pipeline": pipeline, "ppl": results["evaluate"]["val/ppl"],
@@ -98,10 +101,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--steps", type=int, default=None, help="total optimizer steps per pipeline (default 400)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size of every stage (default: the YAML's)")
     parser.add_argument("--corpus", default=None, help="a .txt/.jsonl corpus instead of the embedded one")
+    parser.add_argument("--seed", type=int, default=None, help="model init and training seed (default: the YAML's)")
     parser.add_argument("--out", type=Path, default=Path("runs/enlarge_prune_compare"))
     args = parser.parse_args(argv)
     total = args.steps or (16 if args.quick else 400)
-    rows = run_all(args.out, total, args.quick, args.batch_size, args.corpus)
+    rows = run_all(args.out, total, args.quick, args.batch_size, args.corpus, args.seed)
     return write_report(rows, args.out, total)
 
 

@@ -29,6 +29,8 @@ class SharedSchedule(pl.Callback):
             raise ConfigError("callbacks.SharedSchedule.stage", f"'{stage}' has no budget in {dict(budgets)}")
         self.schedule = RunSchedule({stage: budgets[stage]} if per_stage else dict(budgets), warmup_steps, min_lr_ratio)
         self.stage = stage
+        names = list(budgets)
+        self.offset = sum(budgets[name] for name in names[:names.index(stage)])  # run-wide position, for plots
         self.base_lrs: list[float] | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -41,8 +43,7 @@ class SharedSchedule(pl.Callback):
                              batch_idx: int) -> None:
         lr = self._apply(trainer)
         pl_module.log("train/lr", lr, on_step=True, on_epoch=False)
-        pl_module.log("train/global_step", float(self.schedule.global_step(self.stage, trainer.global_step)),
-                      on_step=True, on_epoch=False)
+        pl_module.log("train/global_step", float(self.offset + trainer.global_step), on_step=True, on_epoch=False)
 
     def _apply(self, trainer: pl.Trainer) -> float:
         """Set every param group's LR for the coming optimizer step; returns the first group's LR."""

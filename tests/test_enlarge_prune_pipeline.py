@@ -33,6 +33,7 @@ def test_quick_comparison_runs_at_equal_size_with_one_shared_curve(tmp_path: Pat
     assert steps == list(range(16)), "every stage continues the global step where the previous one stopped"
     assert lrs == pytest.approx([3e-3 * m for m in shared.curve()], rel=1e-6)
 
+    assert [s for _, xs, _ in by_name["naive_prune"]["lr"] for s in xs] == list(range(16))
     naive = [lr for _, _, ys in by_name["naive_prune"]["lr"] for lr in ys]
     starts = [xs[0] for _, xs, _ in by_name["naive_prune"]["lr"]][1:]
     assert all(naive[s] > naive[s - 1] for s in starts), "the naive pipeline re-warms the LR at each stage"

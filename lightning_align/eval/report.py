@@ -66,10 +66,10 @@ def plot_lr_curves(runs: dict[str, list[tuple[str, list[int], list[float]]]], ou
     if not any(runs.values()):
         return None
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    for label, curves in runs.items():
+    for (label, curves), style in zip(runs.items(), ("-", "--", "-.", ":") * len(runs)):
         steps = [s for _, xs, _ in curves for s in xs]
         lrs = [lr for _, _, ys in curves for lr in ys]
-        line, = ax.plot(steps, lrs, label=label)
+        line, = ax.plot(steps, lrs, style, label=label)
         for name, xs, _ in curves[1:]:
             ax.axvline(xs[0], color=line.get_color(), linestyle=":", linewidth=0.8)
             ax.annotate(name, (xs[0], max(lrs)), fontsize=7, color=line.get_color(), rotation=90, va="top")
