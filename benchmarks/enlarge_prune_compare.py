@@ -1,8 +1,8 @@
 """Integrated enlarge → prune → recover vs. the target size from scratch vs. the naive pipeline (IDEA Prune).
 
-Runs `pipeline=enlarge_prune`, `pipeline=naive_prune` and `pipeline=baseline_target` with the same total step
-budget, then writes `<out>/report.md`: final held-out perplexity of the three at equal parameter count (ratio to
-the baseline) and `<out>/lr.png`, the three LR curves against the global step with stage boundaries.
+Runs `pipeline=enlarge_prune` (and its `_kd` variant), `pipeline=naive_prune` and `pipeline=baseline_target` with
+the same total step budget, then writes `<out>/report.md`: final held-out perplexity at equal parameter count (ratio
+to the baseline) and `<out>/lr.png`, the LR curves against the global step with stage boundaries.
 
     python benchmarks/enlarge_prune_compare.py            # the embedded default, a few minutes per pipeline on CPU
     python benchmarks/enlarge_prune_compare.py --quick    # tiny model, seconds: checks that the comparison runs
@@ -19,8 +19,8 @@ from lightning_align.pipeline import MultiStageTrainer
 from lightning_align.run_config import compose
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-PIPELINES = ("enlarge_prune", "naive_prune", "baseline_target")
-PRUNED = ("enlarge_prune", "naive_prune")
+PIPELINES = ("enlarge_prune", "enlarge_prune_kd", "naive_prune", "baseline_target")
+PRUNED = ("enlarge_prune", "enlarge_prune_kd", "naive_prune")
 
 
 def split_budget(total: int) -> dict[str, int]:

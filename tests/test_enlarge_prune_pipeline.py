@@ -1,4 +1,4 @@
-"""End to end: the three enlarge/prune pipelines run (`--quick`), at equal size, with the LR curves they promise."""
+"""End to end: the enlarge/prune pipelines and the baseline run (`--quick`) at equal size, with the promised LR curves."""
 from __future__ import annotations
 
 import sys
@@ -22,6 +22,8 @@ def test_quick_comparison_runs_at_equal_size_with_one_shared_curve(tmp_path: Pat
     by_name = {row["pipeline"]: row for row in rows}
     assert {row["params"] for row in rows} == {by_name["baseline_target"]["params"]}
     assert {row["ffn"] for row in rows} == {32}
+    assert list(by_name) == ["enlarge_prune", "enlarge_prune_kd", "naive_prune", "baseline_target"]
+    assert "train/kd_loss" in (tmp_path / "enlarge_prune_kd" / "logs" / "recover" / "metrics.csv").read_text()
     assert report.read_text().count("| ") >= 3 and (tmp_path / "lr.png").is_file()
 
     budgets = enlarge_prune_compare.split_budget(16)
