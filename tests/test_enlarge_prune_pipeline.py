@@ -29,13 +29,13 @@ def test_quick_comparison_runs_at_equal_size_with_one_shared_curve(tmp_path: Pat
     budgets = enlarge_prune_compare.split_budget(16)
     shared = RunSchedule(budgets, warmup_steps=1)
     curves = by_name["enlarge_prune"]["lr"]
-    assert [name for name, _, _ in curves] == ["enlarge", "prune", "recover"]
-    steps = [s for _, xs, _ in curves for s in xs]
-    lrs = [lr for _, _, ys in curves for lr in ys]
+    assert [(name, start) for name, start, _, _ in curves] == [("enlarge", 0), ("prune", 8), ("recover", 12)]
+    steps = [s for _, _, xs, _ in curves for s in xs]
+    lrs = [lr for _, _, _, ys in curves for lr in ys]
     assert steps == list(range(16)), "every stage continues the global step where the previous one stopped"
     assert lrs == pytest.approx([3e-3 * m for m in shared.curve()], rel=1e-6)
 
-    assert [s for _, xs, _ in by_name["naive_prune"]["lr"] for s in xs] == list(range(16))
-    naive = [lr for _, _, ys in by_name["naive_prune"]["lr"] for lr in ys]
-    starts = [xs[0] for _, xs, _ in by_name["naive_prune"]["lr"]][1:]
+    assert [s for _, _, xs, _ in by_name["naive_prune"]["lr"] for s in xs] == list(range(16))
+    naive = [lr for _, _, _, ys in by_name["naive_prune"]["lr"] for lr in ys]
+    starts = [start for _, start, _, _ in by_name["naive_prune"]["lr"]][1:]
     assert all(naive[s] > naive[s - 1] for s in starts), "the naive pipeline re-warms the LR at each stage"
