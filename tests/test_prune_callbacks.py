@@ -97,6 +97,34 @@ def test_gradual_width_pruning_reaches_target_and_exports_plain_hf(corpus: str, 
         torch.testing.assert_close(reloaded(batch).logits, module.model.eval()(batch).logits)
 
 
+def test_width_pruning_resumes_mid_window_with_its_masks(corpus: str, tmp_path: Path) -> None:
+    class MaskRecorder(L.Callback):
+        def __init__(self, pruning: GradualWidthPruning) -> None:
+            self.pruning, self.at_start, self.after = pruning, None, []
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.at_start = self.pruning.pruner.masks.clone()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.after.append(self.pruning.pruner.masks.clone())
+
+    first = GradualWidthPruning(target_width=16, start_step=1, end_step=5)
+    first_masks = MaskRecorder(first)
+    saver = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=3,
+                                                save_top_k=-1)
+    trainer = L.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, callbacks=[first, first_masks, saver])
+    trainer.fit(_student(), _data(corpus))
+    second = GradualWidthPruning(target_width=16, start_step=1, end_step=5)
+    second_masks = MaskRecorder(second)
+    module = _student()
+    _trainer(6, [second, second_masks]).fit(module, _data(corpus), ckpt_path=tmp_path / "step=3.ckpt",
+                                             weights_only=False)
+    assert 16 < int(first_masks.after[2][0].sum()) < 48, "the checkpoint is inside the pruning window"
+    assert torch.equal(second_masks.at_start, first_masks.after[2])
+    assert mlp_widths(module.model) == [16, 16]
+
+
 def test_stopping_inside_the_window_still_cuts_to_target(corpus: str) -> None:
     module = _student()
     _trainer(2, [GradualWidthPruning(target_width=10, start_step=1, end_step=50, scope="global", min_width=4)]).fit(
