@@ -19,10 +19,12 @@ from lightning_align.models.blocks import (
     skipped_blocks,
     skipping,
 )
-from tests.tiny_decoders import tiny_decoder, token_batch
+from tests.tiny_decoders import single_thread, tiny_decoder, token_batch
 
 # a whole layer (1), a lone attention (0) and a lone MLP (2): every surgery path at once
 MIXED = [Block(1, "attn"), Block(1, "mlp"), Block(0, "attn"), Block(2, "mlp")]
+
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 
 
 def test_blocks_enumerate_in_stream_order_with_hand_counted_parameters() -> None:

@@ -17,9 +17,11 @@ from lightning_align.pipeline import MultiStageTrainer
 from lightning_align.run_config import compose
 from lightning_align.errors import ConfigError
 from lightning_align.stages import ACTIONS
-from tests.tiny_decoders import tiny_decoder
+from tests.tiny_decoders import single_thread, tiny_decoder
 
 FAST = ["--num-sequences", "3", "--block-size", "16"]
+
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 
 
 @pytest.fixture(scope="module")
