@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -50,6 +51,18 @@ def test_skip_and_remove_give_identical_logits(model_type: str) -> None:
     assert torch.equal(skipped, removed)
     assert pruned.config.num_hidden_layers == 2 and len(pruned.model.layers) == 2
     assert removed_blocks(pruned) == [Block(0, "attn"), Block(1, "mlp")]
+
+
+def test_skip_equals_remove_for_every_subset_of_blocks() -> None:
+    model, tokens = tiny_decoder("llama", layers=2), token_batch(batch=2, length=6)
+    blocks, sizes, total = all_blocks(model), block_parameters(model), count_parameters(model)
+    for subset in itertools.chain.from_iterable(itertools.combinations(blocks, k) for k in range(len(blocks) + 1)):
+        with torch.no_grad(), skipping(model, subset):
+            skipped = model(tokens).logits
+        pruned = remove_blocks(copy.deepcopy(model), subset)
+        with torch.no_grad():
+            assert torch.equal(pruned(tokens).logits, skipped), subset
+        assert count_parameters(pruned) == total - sum(sizes[b] for b in subset)
 
 
 def test_remove_shrinks_parameters_and_renumbers_kv_cache_slots() -> None:
