@@ -223,8 +223,8 @@ def greedy_search(
         removed |= set(candidates[best])
         fraction = sum(sizes[b] for b in removed) / total
         result.steps.append(PruneStep(candidates[best], scores[best], fraction))
+        bar.set_postfix(removed="+".join(map(str, candidates[best])), ppl=f"{scores[best]:.3f}", refresh=False)
         bar.update(1)
-        bar.set_postfix(removed="+".join(map(str, candidates[best])), ppl=f"{scores[best]:.3f}")
     bar.close()
     result.block_forwards = runner.block_forwards
     return result

@@ -42,6 +42,7 @@ class PruneConfig:
     ``calibration`` is "embedded" or a .txt/.jsonl file. With ``val_fraction`` set only the held-out documents of
     that corpus are used, split exactly as the training data (same ``val_fraction`` and ``seed``); ``None`` uses the
     whole file. ``num_sequences`` blocks of ``block_size`` tokens go to the search and as many others to evaluation.
+    ``latency_threads`` pins torch's CPU threads while timing (None: leave torch's setting).
     ``compare`` also runs the two other methods for the report, each stopping once it has removed at least the
     parameter share the chosen method removed (whole layers may overshoot: that is the cost of coarser units).
     """
@@ -58,6 +59,7 @@ class PruneConfig:
     seed: int = 0
     compare: bool = True
     latency_repeats: PositiveInt = 10
+    latency_threads: Optional[PositiveInt] = 1
 
     @property
     def stop(self) -> StopRule:
@@ -162,7 +164,9 @@ def prune(cfg: PruneConfig, model_dir: Path, output_dir: Path, name: str = "prun
         runs[method] = MethodRun(result, heldout_curve(evaluator, result))
     chosen = runs[cfg.method].result
     pruned = remove_blocks(copy.deepcopy(model), chosen.order)
-    latency = forward_latency_ms([model, pruned], evaluation[: cfg.batch_size], repeats=cfg.latency_repeats)
+    latency = forward_latency_ms(
+        [model, pruned], evaluation[: cfg.batch_size], repeats=cfg.latency_repeats, threads=cfg.latency_threads
+    )
     dense = Footprint(count_parameters(model), latency[0], runs[cfg.method].heldout_ppl[0])
     small = Footprint(count_parameters(pruned), latency[1], BlockRunner(pruned, evaluation, cfg.batch_size).perplexity(set()))
     metrics = {
@@ -191,7 +195,8 @@ def prune(cfg: PruneConfig, model_dir: Path, output_dir: Path, name: str = "prun
         f"{cfg.block_size} tokens from `{cfg.calibration}`; evaluation: {evaluation.size(0)} other held-out blocks. "
         f"Stop rule: {'target_ratio=' + str(cfg.target_ratio) if cfg.target_ratio else 'num_blocks=' + str(cfg.num_blocks)}. "
         f"Latency: median of {cfg.latency_repeats} forwards of a {min(cfg.batch_size, evaluation.size(0))}x"
-        f"{cfg.block_size} batch in fp32 on {next(model.parameters()).device}. Saved model: `{METADATA_FILE}` records "
+        f"{cfg.block_size} batch in fp32 on {next(model.parameters()).device} "
+        f"({cfg.latency_threads or torch.get_num_threads()} intra-op threads). Saved model: `{METADATA_FILE}` records "
         f"{'partial-layer removals' if block_structure(pruned) else 'no structure (plain config with fewer layers)'}."
     )
     write_prune_report(output_dir, cfg.method, runs, dense, small, setup)
