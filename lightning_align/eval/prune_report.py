@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from lightning_align.algorithms.block_pruner import SearchResult  # noqa: E402
 
@@ -40,6 +41,9 @@ def plot_curves(runs: dict[str, MethodRun], path: Path) -> None:
     ax.set_xlabel("removed parameters (% of model)")
     ax.set_ylabel("held-out perplexity")
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
