@@ -17,6 +17,7 @@ from lightning_align.pipeline import MultiStageTrainer
 from lightning_align.run_config import compose
 from lightning_align.errors import ConfigError
 from lightning_align.stages import ACTIONS
+from tests.conftest import TINY_OVERRIDES
 from tests.tiny_decoders import single_thread, tiny_decoder
 
 FAST = ["--num-sequences", "3", "--block-size", "16"]
@@ -94,3 +95,18 @@ def test_packaged_prune_stage_config_composes_and_validates() -> None:
     values = dict(cfg.stages.cut)
     assert values["calibration"] == "embedded" and values["val_fraction"] == 0.1
     ACTIONS["prune"].check(values, "stages.cut")
+
+
+@pytest.mark.slow
+def test_pretrain_prune_pipeline_evaluates_the_pruned_model(tmp_path: Path) -> None:
+    tiny = [o for o in TINY_OVERRIDES if not o.startswith("model.num_hidden_layers")]
+    args = ["run", f"run.dir={tmp_path}", "run.name=t", "pipeline=pretrain_prune", "model.num_hidden_layers=3", *tiny,
+            "stages.prune.target_ratio=0.2", "stages.prune.block_size=32", "stages.prune.num_sequences=4"]
+    assert main(args) == 0
+    state = json.loads((tmp_path / "t" / "state.json").read_text())["done"]
+    assert list(state) == ["pretrain", "prune", "evaluate"]
+    pruned = state["prune"]["metrics"]
+    assert pruned["prune/removed_fraction"] >= 0.2 and pruned["prune/params_pruned"] < pruned["prune/params_dense"]
+    assert sum(p.numel() for p in load_pretrained(tmp_path / "t" / "prune").parameters()) == pruned["prune/params_pruned"]
+    assert state["evaluate"]["metrics"]["val/ppl"] > 1
+    assert "## Stage `prune`" in (tmp_path / "t" / "report.md").read_text()
