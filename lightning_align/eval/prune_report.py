@@ -51,6 +51,22 @@ def plot_curves(runs: dict[str, MethodRun], path: Path) -> None:
     plt.close(fig)
 
 
+def within_budget(run: MethodRun, budget: float) -> tuple[float, float]:
+    """(removed share, held-out ppl) of the last step of ``run`` that removes no more than ``budget``."""
+    k = max(i for i, f in enumerate(run.fractions) if f <= budget + 1e-12)
+    return run.fractions[k], run.heldout_ppl[k]
+
+
+def budget_rows(runs: dict[str, MethodRun]) -> list[list[str]]:
+    """One row per removed share reached by any method: every method's held-out ppl within that budget."""
+    budgets = sorted({round(f, 12) for run in runs.values() for f in run.fractions[1:]})
+    rows = []
+    for budget in budgets:
+        cells = [f"{ppl:.3f} ({100 * share:.1f}%)" for share, ppl in (within_budget(r, budget) for r in runs.values())]
+        rows.append([f"{100 * budget:.1f}%", *cells])
+    return rows
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -103,6 +119,11 @@ def write_prune_report(
                  "block-forwards (naive)"], methods),
         "",
         f"![held-out perplexity vs removed parameters]({PLOT_FILE})",
+        "",
+        "Held-out perplexity of each method removing at most the share in the first column (its actual share in",
+        "parentheses): whole layers come in coarser steps, so a budget can leave part of it unused.",
+        "",
+        *_table(["budget", *runs], budget_rows(runs)),
         "",
         "## Dense vs pruned",
         "",
