@@ -80,7 +80,8 @@ def write_prune_report(
     order = [["0", "(dense)", "0.0%", f"{main.result.dense_ppl:.3f}", f"{main.heldout_ppl[0]:.3f}"]]
     for k, step in enumerate(main.result.steps, start=1):
         removed = " + ".join(str(b) for b in step.removed)
-        order.append([str(k), removed, f"{100 * step.removed_fraction:.1f}%", f"{step.ppl:.3f}", f"{main.heldout_ppl[k]:.3f}"])
+        share = f"{100 * step.removed_fraction:.1f}%"
+        order.append([str(k), removed, share, f"{step.ppl:.3f}", f"{main.heldout_ppl[k]:.3f}"])
     methods = [
         [
             name,
@@ -94,7 +95,8 @@ def write_prune_report(
         for name, run in runs.items()
     ]
     cost = [
-        [label, f"{f.params:,}", f"{f.latency_ms:.2f}", f"{f.heldout_ppl:.3f}"] for label, f in (("dense", dense), ("pruned", pruned))
+        [label, f"{f.params:,}", f"{f.latency_ms:.2f}", f"{f.heldout_ppl:.3f}"]
+        for label, f in (("dense", dense), ("pruned", pruned))
     ]
     cost.append(["pruned / dense", f"{pruned.params / dense.params:.3f}", f"{pruned.latency_ms / dense.latency_ms:.3f}",
                  f"{pruned.heldout_ppl / dense.heldout_ppl:.3f}"])
@@ -112,8 +114,9 @@ def write_prune_report(
         "",
         "## Methods at equal removed parameters",
         "",
-        f"Each other method stops at the first step that removes at least the share {chosen} removed. Block-forwards:",
-        "one block applied to one calibration sequence, with prefix reuse vs recomputing the model for every candidate.",
+        f"Each other method stops at the first step that removes at least the share {chosen} removed.",
+        "Block-forwards: one block applied to one calibration sequence, with prefix reuse vs recomputing the",
+        "model for every candidate.",
         "",
         *_table(["method", "blocks removed", "removed params", "calibration ppl", "held-out ppl", "block-forwards",
                  "block-forwards (naive)"], methods),
