@@ -31,8 +31,6 @@ from lightning_align.models.checkpoint import METADATA_FILE, load_pretrained, re
 from lightning_align.stages.context import StageContext
 
 METHODS = {"blockpruner": block_pruner, "layer-ppl": layer_ppl, "block-influence": block_influence}
-# Keys the pipeline adds to every stage for Lightning stages; pruning has no trainer and no sampling.
-PIPELINE_KEYS = ("trainer", "seed_everything")
 
 
 @dataclass(frozen=True)
@@ -77,7 +75,6 @@ def _keys_under(where: str) -> Iterator[None]:
 
 def parse_config(values: dict[str, Any], where: str) -> PruneConfig:
     """Typed config with every check that needs no model; ``where`` prefixes the keys in error messages."""
-    values = {k: v for k, v in values.items() if k not in PIPELINE_KEYS}
     cfg = validate_dataclass(PruneConfig, values, where)
     with _keys_under(where):
         if (cfg.num_blocks is None) == (cfg.target_ratio is None):
