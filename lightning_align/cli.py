@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--calibration", help="a .txt/.jsonl file used whole (default: held-out embedded corpus)")
     prune.add_argument("--method", default="blockpruner", choices=["blockpruner", "layer-ppl", "block-influence"])
     prune.add_argument("--output", required=True, type=Path, help="directory for the pruned model and report.md")
-    prune.add_argument("--num-sequences", type=int, default=32, help="calibration blocks (as many again for evaluation)")
+    prune.add_argument("--num-sequences", type=int, default=32, help="calibration blocks (as many for evaluation)")
     prune.add_argument("--block-size", type=int, default=128, help="tokens per calibration block")
     prune.add_argument("--no-compare", action="store_true", help="skip the two other methods in the report")
     for name in LIGHTNING_SUBCOMMANDS:

@@ -71,15 +71,17 @@ class MultiStageTrainer:
                 raise ConfigError(f"pipeline.stages.{name}", f"unknown action '{action}' (one of {sorted(ACTIONS)})")
             if name not in declared:
                 raise ConfigError(f"pipeline.stages.{name}", f"no config under 'stages.{name}'")
-            config = self._effective(name, declared[name], previous)
+            config = self._effective(name, declared[name], previous, ACTIONS[action].lightning)
             ACTIONS[action].check(config, f"stages.{name}")
             contexts.append(StageContext(name, config, previous, self.run_dir / name, self.run_dir))
             previous = self.run_dir / name
         return contexts
 
-    def _effective(self, name: str, stage: dict[str, Any], previous: Path | None) -> dict[str, Any]:
+    def _effective(self, name: str, stage: dict[str, Any], previous: Path | None, lightning: bool) -> dict[str, Any]:
         """Fill a stage config from the run level: trainer defaults, seed, starting model, shared data settings."""
         config = copy.deepcopy(stage)
+        if not lightning:
+            return config
         trainer = {**(self.config.get("trainer") or {}), **(config.get("trainer") or {})}
         trainer.setdefault("default_root_dir", str(self.run_dir / "logs" / name))
         trainer.setdefault("logger", {"class_path": "lightning.pytorch.loggers.CSVLogger",

@@ -11,9 +11,11 @@ from lightning_align.algorithms.block_pruner import BlockRunner, StopRule, block
 from lightning_align.algorithms.layer_pruning import block_influence, layer_ppl
 from lightning_align.errors import ConfigError
 from lightning_align.models.blocks import Block, all_blocks, skipping
-from tests.tiny_decoders import tiny_decoder, token_batch
+from tests.tiny_decoders import single_thread, tiny_decoder, token_batch
 
 CALIBRATION = token_batch(batch=5, length=10, seed=3)
+
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +98,11 @@ def test_block_influence_ranks_layers_by_input_output_cosine(model: torch.nn.Mod
     result = block_influence(model, CALIBRATION, StopRule(num_blocks=4), progress=False)
     assert [s.removed[0].layer for s in result.steps] == sorted(range(3), key=influence.__getitem__)[:2]
     assert result.steps[1].ppl == pytest.approx(reference_ppl(model, set(result.order)), rel=1e-6)
+
+
+def test_search_benchmark_quick_mode_runs(capsys: pytest.CaptureFixture) -> None:
+    from benchmarks.block_pruner_search import main
+
+    main(["--quick"])
+    out = capsys.readouterr().out
+    assert "identical order and perplexities: True" in out and "ratio" in out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -19,10 +20,12 @@ from lightning_align.models.blocks import (
     skipped_blocks,
     skipping,
 )
-from tests.tiny_decoders import tiny_decoder, token_batch
+from tests.tiny_decoders import single_thread, tiny_decoder, token_batch
 
 # a whole layer (1), a lone attention (0) and a lone MLP (2): every surgery path at once
 MIXED = [Block(1, "attn"), Block(1, "mlp"), Block(0, "attn"), Block(2, "mlp")]
+
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 
 
 def test_blocks_enumerate_in_stream_order_with_hand_counted_parameters() -> None:
@@ -48,6 +51,18 @@ def test_skip_and_remove_give_identical_logits(model_type: str) -> None:
     assert torch.equal(skipped, removed)
     assert pruned.config.num_hidden_layers == 2 and len(pruned.model.layers) == 2
     assert removed_blocks(pruned) == [Block(0, "attn"), Block(1, "mlp")]
+
+
+def test_skip_equals_remove_for_every_subset_of_blocks() -> None:
+    model, tokens = tiny_decoder("llama", layers=2), token_batch(batch=2, length=6)
+    blocks, sizes, total = all_blocks(model), block_parameters(model), count_parameters(model)
+    for subset in itertools.chain.from_iterable(itertools.combinations(blocks, k) for k in range(len(blocks) + 1)):
+        with torch.no_grad(), skipping(model, subset):
+            skipped = model(tokens).logits
+        pruned = remove_blocks(copy.deepcopy(model), subset)
+        with torch.no_grad():
+            assert torch.equal(pruned(tokens).logits, skipped), subset
+        assert count_parameters(pruned) == total - sum(sizes[b] for b in subset)
 
 
 def test_remove_shrinks_parameters_and_renumbers_kv_cache_slots() -> None:

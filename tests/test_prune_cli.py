@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from lightning_align.algorithms.block_pruner import PruneStep, SearchResult
 from lightning_align.cli import PACKAGE_CONF, main
 from lightning_align.data.corpus import load_texts
 from lightning_align.models.blocks import Block, remove_blocks
@@ -16,10 +17,14 @@ from lightning_align.models.tokenizer import train_bpe
 from lightning_align.pipeline import MultiStageTrainer
 from lightning_align.run_config import compose
 from lightning_align.errors import ConfigError
+from lightning_align.eval.prune_report import MethodRun, budget_rows
 from lightning_align.stages import ACTIONS
-from tests.tiny_decoders import tiny_decoder
+from tests.conftest import TINY_OVERRIDES
+from tests.tiny_decoders import single_thread, tiny_decoder
 
 FAST = ["--num-sequences", "3", "--block-size", "16"]
+
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +97,32 @@ def test_packaged_prune_stage_config_composes_and_validates() -> None:
     values = dict(cfg.stages.cut)
     assert values["calibration"] == "embedded" and values["val_fraction"] == 0.1
     ACTIONS["prune"].check(values, "stages.cut")
+
+
+@pytest.mark.slow
+def test_pretrain_prune_pipeline_evaluates_the_pruned_model(tmp_path: Path) -> None:
+    tiny = [o for o in TINY_OVERRIDES if not o.startswith("model.num_hidden_layers")]
+    args = ["run", f"run.dir={tmp_path}", "run.name=t", "pipeline=pretrain_prune", "model.num_hidden_layers=3", *tiny,
+            "stages.prune.target_ratio=0.2", "stages.prune.block_size=32", "stages.prune.num_sequences=4"]
+    assert main(args) == 0
+    state = json.loads((tmp_path / "t" / "state.json").read_text())["done"]
+    assert list(state) == ["pretrain", "prune", "evaluate"]
+    pruned = state["prune"]["metrics"]
+    assert pruned["prune/removed_fraction"] >= 0.2 and pruned["prune/params_pruned"] < pruned["prune/params_dense"]
+    assert sum(p.numel() for p in load_pretrained(tmp_path / "t" / "prune").parameters()) == pruned["prune/params_pruned"]
+    assert state["evaluate"]["metrics"]["val/ppl"] > 1
+    assert "## Stage `prune`" in (tmp_path / "t" / "report.md").read_text()
+
+
+def test_budget_table_takes_each_methods_last_step_within_the_budget() -> None:
+    def run(fractions: list[float], ppls: list[float]) -> MethodRun:
+        steps = [PruneStep((Block(i, "mlp"),), 0.0, f) for i, f in enumerate(fractions)]
+        return MethodRun(SearchResult("m", 0.0, 100, steps), ppls)
+
+    runs = {"fine": run([0.1, 0.2, 0.3], [10, 11, 12, 13]), "coarse": run([0.25], [10, 20])}
+    assert budget_rows(runs) == [
+        ["10.0%", "11.000 (10.0%)", "10.000 (0.0%)"],
+        ["20.0%", "12.000 (20.0%)", "10.000 (0.0%)"],
+        ["25.0%", "12.000 (20.0%)", "20.000 (25.0%)"],
+        ["30.0%", "13.000 (30.0%)", "20.000 (25.0%)"],
+    ]

@@ -4,12 +4,15 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from lightning_align.models.blocks import Block, block_structure, remove_blocks
 from lightning_align.models.checkpoint import load_pretrained, read_metadata, save_model_dir
-from tests.tiny_decoders import tiny_decoder, token_batch
+from tests.tiny_decoders import single_thread, tiny_decoder, token_batch
+
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 
 
 def logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,9 @@
 """Tiny randomly initialised decoders of each family with a block view, for fast tests."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
@@ -34,3 +37,13 @@ def tiny_decoder(
 def token_batch(batch: int = 3, length: int = 12, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (batch, length), generator=generator)
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One intra-op thread: block-by-block searches issue thousands of tiny ops, and on a shared CPU every
+    multi-threaded op waits for a descheduled worker (measured: 21 s with 2 threads vs 0.1 s with 1 for one test)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

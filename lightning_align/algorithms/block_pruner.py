@@ -47,14 +47,15 @@ class StopRule:
         if (self.num_blocks is None) == (self.target_ratio is None):
             raise ConfigError("target_ratio", "give exactly one of target_ratio and num_blocks")
         sizes = block_parameters(model)
-        if self.num_blocks is not None and not 1 <= self.num_blocks < len(sizes):
-            raise ConfigError("num_blocks", f"must be between 1 and {len(sizes) - 1} (the model has {len(sizes)} blocks), got {self.num_blocks}")
-        if self.target_ratio is not None:
+        count, ratio = self.num_blocks, self.target_ratio
+        if count is not None and not 1 <= count < len(sizes):
+            problem = f"must be between 1 and {len(sizes) - 1} (the model has {len(sizes)} blocks), got {count}"
+            raise ConfigError("num_blocks", problem)
+        if ratio is not None:
             in_blocks = sum(sizes.values()) / count_parameters(model)
-            if not 0 < self.target_ratio < in_blocks:
-                raise ConfigError(
-                    "target_ratio", f"must be in (0, {in_blocks:.3f}) (the share of parameters held in blocks), got {self.target_ratio}"
-                )
+            if not 0 < ratio < in_blocks:
+                problem = f"must be in (0, {in_blocks:.3f}) (the share of parameters in blocks), got {ratio}"
+                raise ConfigError("target_ratio", problem)
 
     def reached(self, removed_blocks: int, removed_fraction: float) -> bool:
         if self.num_blocks is not None:
@@ -90,7 +91,10 @@ class SearchResult:
             "dense_ppl": self.dense_ppl,
             "block_forwards": self.block_forwards,
             "naive_block_forwards": self.naive_block_forwards,
-            "steps": [{"removed": [b.to_json() for b in s.removed], "ppl": s.ppl, "removed_fraction": s.removed_fraction} for s in self.steps],
+            "steps": [
+                {"removed": [b.to_json() for b in s.removed], "ppl": s.ppl, "removed_fraction": s.removed_fraction}
+                for s in self.steps
+            ],
         }
 
 
@@ -114,7 +118,8 @@ class BlockRunner:
 
     def __init__(self, model: nn.Module, tokens: torch.Tensor, batch_size: int) -> None:
         if tokens.dim() != 2 or tokens.size(1) < 2:
-            raise ConfigError("calibration", f"needs a [sequences, length >= 2] token tensor, got shape {tuple(tokens.shape)}")
+            problem = f"needs a [sequences, length >= 2] token tensor, got shape {tuple(tokens.shape)}"
+            raise ConfigError("calibration", problem)
         self.model, self.layers = model, decoder_layers(model)
         self.block_forwards = 0
         device = next(model.parameters()).device
@@ -223,8 +228,8 @@ def greedy_search(
         removed |= set(candidates[best])
         fraction = sum(sizes[b] for b in removed) / total
         result.steps.append(PruneStep(candidates[best], scores[best], fraction))
+        bar.set_postfix(removed="+".join(map(str, candidates[best])), ppl=f"{scores[best]:.3f}", refresh=False)
         bar.update(1)
-        bar.set_postfix(removed="+".join(map(str, candidates[best])), ppl=f"{scores[best]:.3f}")
     bar.close()
     result.block_forwards = runner.block_forwards
     return result
@@ -237,7 +242,12 @@ def single_blocks(model: nn.Module) -> Callable[[set[Block]], list[Group]]:
 
 
 def block_pruner(
-    model: nn.Module, calibration: torch.Tensor, stop: StopRule, batch_size: int = 8, reuse_prefix: bool = True, progress: bool = True
+    model: nn.Module,
+    calibration: torch.Tensor,
+    stop: StopRule,
+    batch_size: int = 8,
+    reuse_prefix: bool = True,
+    progress: bool = True,
 ) -> SearchResult:
     """BlockPruner search on ``calibration`` ([sequences, length] token ids); the model is left unchanged."""
     stop.validate(model)

@@ -30,7 +30,12 @@ def whole_layers(model: nn.Module) -> Callable[[set[Block]], list[Group]]:
 
 
 def layer_ppl(
-    model: nn.Module, calibration: torch.Tensor, stop: StopRule, batch_size: int = 8, reuse_prefix: bool = True, progress: bool = True
+    model: nn.Module,
+    calibration: torch.Tensor,
+    stop: StopRule,
+    batch_size: int = 8,
+    reuse_prefix: bool = True,
+    progress: bool = True,
 ) -> SearchResult:
     """Greedy whole-layer removal by calibration perplexity, re-scored every step."""
     stop.validate(model)

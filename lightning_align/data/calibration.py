@@ -17,7 +17,12 @@ from lightning_align.errors import DataError
 
 
 def calibration_sets(
-    tokenizer: PreTrainedTokenizerBase, source: str, block_size: int, num_sequences: int, val_fraction: float | None, seed: int
+    tokenizer: PreTrainedTokenizerBase,
+    source: str,
+    block_size: int,
+    num_sequences: int,
+    val_fraction: float | None,
+    seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(calibration, evaluation), each up to ``num_sequences`` blocks of ``block_size`` tokens, disjoint."""
     texts = load_texts(source)

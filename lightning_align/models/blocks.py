@@ -33,7 +33,10 @@ from lightning_align.errors import ConfigError
 
 BlockKind = Literal["attn", "mlp"]
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-_PARTS: dict[str, tuple[str, str]] = {"attn": ("input_layernorm", "self_attn"), "mlp": ("post_attention_layernorm", "mlp")}
+_PARTS: dict[str, tuple[str, str]] = {
+    "attn": ("input_layernorm", "self_attn"),
+    "mlp": ("post_attention_layernorm", "mlp"),
+}
 
 
 @dataclass(frozen=True, order=True)
@@ -82,15 +85,20 @@ class RemovedMLP(nn.Module):
 _REMOVED: dict[str, type[nn.Module]] = {"attn": RemovedAttention, "mlp": RemovedMLP}
 
 
+def check_model_type(model_type: str | None) -> None:
+    """ConfigError for a model family without a block view (also usable on a bare ``config.json``)."""
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        supported = ", ".join(SUPPORTED_MODEL_TYPES)
+        raise ConfigError("model", f"model type {model_type!r} has no MHA/MLP block view (supported: {supported})")
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder layers of a supported causal LM; ConfigError for a family without a block view."""
     config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
+    check_model_type(getattr(config, "model_type", None))
     layers = getattr(getattr(model, "model", None), "layers", None)
-    if model_type not in SUPPORTED_MODEL_TYPES or not isinstance(layers, nn.ModuleList):
-        raise ConfigError(
-            "model", f"model type {model_type!r} has no MHA/MLP block view (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
-        )
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError("model", f"{type(model).__name__} has no decoder layers at model.model.layers")
     layer_types = getattr(config, "layer_types", None)
     if layer_types and len(set(layer_types)) > 1:
         raise ConfigError("model", f"mixed attention layer types {sorted(set(layer_types))} are not supported")
@@ -100,7 +108,8 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 def sublayer(layers: nn.ModuleList, block: Block) -> nn.Module:
     """The attention or MLP module of ``block`` (ConfigError when the layer does not exist)."""
     if block.layer >= len(layers):
-        raise ConfigError("blocks", f"block {block} refers to layer {block.layer} but the model has {len(layers)} layers")
+        problem = f"block {block} refers to layer {block.layer} but the model has {len(layers)} layers"
+        raise ConfigError("blocks", problem)
     return getattr(layers[block.layer], _PARTS[block.kind][1])
 
 

@@ -26,13 +26,11 @@ from lightning_align.data.corpus import EMBEDDED
 from lightning_align.errors import ConfigError
 from lightning_align.eval.latency import forward_latency_ms
 from lightning_align.eval.prune_report import Footprint, MethodRun, write_prune_report
-from lightning_align.models.blocks import SUPPORTED_MODEL_TYPES, block_structure, count_parameters, remove_blocks
+from lightning_align.models.blocks import block_structure, check_model_type, count_parameters, remove_blocks
 from lightning_align.models.checkpoint import METADATA_FILE, load_pretrained, read_metadata, save_model_dir
 from lightning_align.stages.context import StageContext
 
 METHODS = {"blockpruner": block_pruner, "layer-ppl": layer_ppl, "block-influence": block_influence}
-# Keys the pipeline adds to every stage for Lightning stages; pruning has no trainer and no sampling.
-PIPELINE_KEYS = ("trainer", "seed_everything")
 
 
 @dataclass(frozen=True)
@@ -42,6 +40,7 @@ class PruneConfig:
     ``calibration`` is "embedded" or a .txt/.jsonl file. With ``val_fraction`` set only the held-out documents of
     that corpus are used, split exactly as the training data (same ``val_fraction`` and ``seed``); ``None`` uses the
     whole file. ``num_sequences`` blocks of ``block_size`` tokens go to the search and as many others to evaluation.
+    ``latency_threads`` pins torch's CPU threads while timing (None: leave torch's setting).
     ``compare`` also runs the two other methods for the report, each stopping once it has removed at least the
     parameter share the chosen method removed (whole layers may overshoot: that is the cost of coarser units).
     """
@@ -58,6 +57,7 @@ class PruneConfig:
     seed: int = 0
     compare: bool = True
     latency_repeats: PositiveInt = 10
+    latency_threads: Optional[PositiveInt] = 1
 
     @property
     def stop(self) -> StopRule:
@@ -75,7 +75,6 @@ def _keys_under(where: str) -> Iterator[None]:
 
 def parse_config(values: dict[str, Any], where: str) -> PruneConfig:
     """Typed config with every check that needs no model; ``where`` prefixes the keys in error messages."""
-    values = {k: v for k, v in values.items() if k not in PIPELINE_KEYS}
     cfg = validate_dataclass(PruneConfig, values, where)
     with _keys_under(where):
         if (cfg.num_blocks is None) == (cfg.target_ratio is None):
@@ -97,9 +96,7 @@ def check_model_dir(model_dir: Path, cfg: PruneConfig) -> None:
     if not config_file.is_file():
         raise ConfigError("model", f"'{model_dir}' is not a Hugging Face model directory (no config.json)")
     config = json.loads(config_file.read_text())
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ConfigError("model", f"model type {model_type!r} has no MHA/MLP block view (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+    check_model_type(config.get("model_type"))
     recorded = read_metadata(model_dir).get("structure", {}).get("removed_blocks", [])
     blocks = 2 * int(config["num_hidden_layers"]) - len(recorded)
     if cfg.num_blocks is not None and cfg.num_blocks >= blocks:
@@ -115,7 +112,8 @@ def run(ctx: StageContext) -> dict[str, float]:
     cfg = parse_config(ctx.config, where)
     model_dir = Path(cfg.model) if cfg.model is not None else ctx.input_dir
     if model_dir is None:
-        raise ConfigError(f"{where}.model", "no model to prune: set it, or put this stage after one that writes a model")
+        problem = "no model to prune: set it, or put this stage after one that writes a model"
+        raise ConfigError(f"{where}.model", problem)
     with _keys_under(where):
         check_model_dir(model_dir, cfg)
     return prune(cfg, model_dir, ctx.output_dir, ctx.name, where)
@@ -125,8 +123,9 @@ def run_prune_command(values: dict[str, Any], output_dir: Path) -> str:
     """``lightning-align prune``: validate, prune, and return a short summary for the terminal."""
     cfg = parse_config(values, "prune")
     metrics = prune(cfg, Path(cfg.model), output_dir)
+    share = 100 * metrics["prune/removed_fraction"]
     return (
-        f"removed {int(metrics['prune/blocks_removed'])} blocks ({100 * metrics['prune/removed_fraction']:.1f}% of parameters); "
+        f"removed {int(metrics['prune/blocks_removed'])} blocks ({share:.1f}% of parameters); "
         f"held-out ppl {metrics['prune/ppl_dense']:.3f} -> {metrics['prune/ppl_pruned']:.3f}\n"
         f"pruned model and report: {output_dir / 'report.md'}"
     )
@@ -142,7 +141,9 @@ def heldout_curve(runner: BlockRunner, result: SearchResult) -> list[float]:
     return curve
 
 
-def prune(cfg: PruneConfig, model_dir: Path, output_dir: Path, name: str = "prune", where: str = "prune") -> dict[str, float]:
+def prune(
+    cfg: PruneConfig, model_dir: Path, output_dir: Path, name: str = "prune", where: str = "prune"
+) -> dict[str, float]:
     """Search, compare, cut, measure and save: ``output_dir`` gets the pruned model, ``report.md`` and a PNG."""
     if not (model_dir / "tokenizer.json").is_file() and not (model_dir / "tokenizer_config.json").is_file():
         raise ConfigError(f"{where}.model", f"'{model_dir}' has no tokenizer to encode calibration text")
@@ -162,9 +163,12 @@ def prune(cfg: PruneConfig, model_dir: Path, output_dir: Path, name: str = "prun
         runs[method] = MethodRun(result, heldout_curve(evaluator, result))
     chosen = runs[cfg.method].result
     pruned = remove_blocks(copy.deepcopy(model), chosen.order)
-    latency = forward_latency_ms([model, pruned], evaluation[: cfg.batch_size], repeats=cfg.latency_repeats)
+    latency = forward_latency_ms(
+        [model, pruned], evaluation[: cfg.batch_size], repeats=cfg.latency_repeats, threads=cfg.latency_threads
+    )
     dense = Footprint(count_parameters(model), latency[0], runs[cfg.method].heldout_ppl[0])
-    small = Footprint(count_parameters(pruned), latency[1], BlockRunner(pruned, evaluation, cfg.batch_size).perplexity(set()))
+    pruned_ppl = BlockRunner(pruned, evaluation, cfg.batch_size).perplexity(set())
+    small = Footprint(count_parameters(pruned), latency[1], pruned_ppl)
     metrics = {
         "prune/ppl_dense": dense.heldout_ppl,
         "prune/ppl_pruned": small.heldout_ppl,
@@ -186,12 +190,14 @@ def prune(cfg: PruneConfig, model_dir: Path, output_dir: Path, name: str = "prun
         "metrics": metrics,
     }
     save_model_dir(pruned, tokenizer, output_dir, metadata)
+    stop_text = f"target_ratio={cfg.target_ratio}" if cfg.target_ratio is not None else f"num_blocks={cfg.num_blocks}"
     setup = (
         f"Model `{model_dir}` ({dense.params:,} parameters). Calibration: {calibration.size(0)} blocks of "
         f"{cfg.block_size} tokens from `{cfg.calibration}`; evaluation: {evaluation.size(0)} other held-out blocks. "
-        f"Stop rule: {'target_ratio=' + str(cfg.target_ratio) if cfg.target_ratio else 'num_blocks=' + str(cfg.num_blocks)}. "
+        f"Stop rule: {stop_text}. "
         f"Latency: median of {cfg.latency_repeats} forwards of a {min(cfg.batch_size, evaluation.size(0))}x"
-        f"{cfg.block_size} batch in fp32 on {next(model.parameters()).device}. Saved model: `{METADATA_FILE}` records "
+        f"{cfg.block_size} batch in fp32 on {next(model.parameters()).device} "
+        f"({cfg.latency_threads or torch.get_num_threads()} intra-op threads). Saved model: `{METADATA_FILE}` records "
         f"{'partial-layer removals' if block_structure(pruned) else 'no structure (plain config with fewer layers)'}."
     )
     write_prune_report(output_dir, cfg.method, runs, dense, small, setup)
