@@ -13,6 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
+import torch
+
 from lightning_align.eval.report import plot_lr_curves, read_lr_curve
 from lightning_align.models.checkpoint import load_pretrained
 from lightning_align.pipeline import MultiStageTrainer
@@ -102,8 +104,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--batch-size", type=int, default=None, help="batch size of every stage (default: the YAML's)")
     parser.add_argument("--corpus", default=None, help="a .txt/.jsonl corpus instead of the embedded one")
     parser.add_argument("--seed", type=int, default=None, help="model init and training seed (default: the YAML's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (shared CPUs time badly with more)")
     parser.add_argument("--out", type=Path, default=Path("runs/enlarge_prune_compare"))
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     total = args.steps or (16 if args.quick else 400)
     rows = run_all(args.out, total, args.quick, args.batch_size, args.corpus, args.seed)
     return write_report(rows, args.out, total)
