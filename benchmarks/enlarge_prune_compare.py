@@ -26,7 +26,7 @@ PRUNED = ("enlarge_prune", "enlarge_prune_kd", "naive_prune")
 
 
 def split_budget(total: int) -> dict[str, int]:
-    """Half the steps for the enlarged model, a quarter each for pruning and recovery (IDEA Prune Sec. 4)."""
+    """Half the steps for the enlarged model, a quarter each for pruning and recovery (IDEA Prune)."""
     prune = total // 4
     return {"enlarge": total - 2 * prune, "prune": prune, "recover": prune}
 
@@ -71,7 +71,8 @@ def run_all(out: Path, total: int, quick: bool, batch_size: int | None = None, c
     rows = []
     for pipeline in PIPELINES:
         start = time.perf_counter()
-        trainer = MultiStageTrainer(compose(CONF, "config", overrides(pipeline, out, total, quick, batch_size, corpus, seed)))
+        args = overrides(pipeline, out, total, quick, batch_size, corpus, seed)
+        trainer = MultiStageTrainer(compose(CONF, "config", args))
         results = trainer.run()
         model = load_pretrained(trainer.run_dir / "evaluate")
         rows.append({"pipeline": pipeline, "ppl": results["evaluate"]["val/ppl"],
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--batch-size", type=int, default=None, help="batch size of every stage (default: the YAML's)")
     parser.add_argument("--corpus", default=None, help="a .txt/.jsonl corpus instead of the embedded one")
     parser.add_argument("--seed", type=int, default=None, help="model init and training seed (default: the YAML's)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (shared CPUs time badly with more)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (shared CPUs time badly with more)")
     parser.add_argument("--out", type=Path, default=Path("runs/enlarge_prune_compare"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -1,6 +1,6 @@
 """`IterativeBlockRemoval`: drop MHA/MLP blocks a few at a time while the prune stage trains, cut them at its end.
 
-IDEA Prune (arXiv 2503.05920, Sec. 3.2) removes parameters gradually so training can move capacity onto what stays;
+IDEA Prune (arXiv 2503.05920) removes parameters gradually so training can move capacity onto what stays;
 this is that idea at block granularity. Each pick is one greedy step of BlockPruner (arXiv 2406.10594, Sec. 3.2):
 among the blocks still present, skip the one whose removal gives the lowest perplexity on calibration batches (here
 the most recent training batches), given the blocks already skipped. How many blocks are gone at a step follows the

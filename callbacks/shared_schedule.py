@@ -1,6 +1,6 @@
 """`SharedSchedule`: the optimizer LR follows one run-wide warm-up + cosine curve, whatever stage is training.
 
-IDEA Prune (arXiv 2503.05920, Sec. 3.1) keeps enlarge, prune and recover on one cosine annealing schedule; every
+IDEA Prune (arXiv 2503.05920) keeps enlarge, prune and recover on one cosine annealing schedule; every
 stage that shares it declares the same `budgets` and names itself in `stage`. A stage whose budget dict holds only
 itself, or that sets `per_stage`, gets a schedule of its own: the naive pipeline (warm-up again after pruning).
 """

@@ -1,6 +1,6 @@
 """`GradualWidthPruning`: remove FFN neurons a few at a time while the prune stage trains, cut them out at its end.
 
-IDEA Prune (arXiv 2503.05920, Sec. 3.2): interleave pruning with training so the survivors absorb the capacity of
+IDEA Prune (arXiv 2503.05920): interleave pruning with training so the survivors absorb the capacity of
 what goes. Scores and masks come from `lightning_align.algorithms.width_pruner.WidthPruner`; the kept width follows
 its cubic schedule between `start_step` and `end_step` (stage-local optimizer steps). During the stage pruned neurons
 are masked, so parameter and Adam-moment shapes never change; when training ends the masks become surgery

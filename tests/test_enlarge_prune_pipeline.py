@@ -1,4 +1,4 @@
-"""End to end: the enlarge/prune pipelines and the baseline run (`--quick`) at equal size, with the promised LR curves."""
+"""End to end: enlarge/prune pipelines and the baseline run (`--quick`) at equal size, with the promised LR curves."""
 from __future__ import annotations
 
 import sys

@@ -9,9 +9,9 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                       mask: torch.Tensor | None = None) -> torch.Tensor:
     """KL(teacher ‖ student) on temperature-softened next-token distributions, mean over (unmasked) tokens.
 
-    Hinton et al. (2015): multiplying by T² keeps the gradient scale independent of T. IDEA Prune (arXiv 2503.05920,
-    Sec. 4) distils the enlarged model into the pruned one during recovery. Logits are `[..., vocab]`; `mask` (same
-    leading shape, 1 = counted) drops padding.
+    Hinton et al. (2015): multiplying by T² keeps the gradient scale independent of T. IDEA Prune (arXiv 2503.05920)
+    distils the enlarged model into the pruned one during recovery. Logits are `[..., vocab]`; `mask` (same leading
+    shape, 1 = counted) drops padding.
     """
     student = F.log_softmax(student_logits.float() / temperature, dim=-1)
     teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)

@@ -1,6 +1,6 @@
 """Learning-rate schedules, including one warm-up + cosine curve shared by several stages.
 
-IDEA Prune (arXiv 2503.05920, Sec. 3) trains the enlarged model, prunes it and recovers it under *one* cosine
+IDEA Prune (arXiv 2503.05920) trains the enlarged model, prunes it and recovers it under *one* cosine
 annealing schedule: re-warming the LR after pruning destroys what the enlarged model learned. Stages therefore
 declare step budgets and the run maps (stage, local step) → global step → LR multiplier. All functions are pure.
 """
@@ -53,7 +53,8 @@ class RunSchedule:
                 raise ConfigError(f"schedule.budgets.{name}", f"must be a positive integer, got {steps!r}")
         if not 0 <= self.warmup_steps < self.total_steps:
             raise ConfigError(
-                "schedule.warmup_steps", f"must be in [0, {self.total_steps}) (the summed budgets), got {self.warmup_steps}"
+                "schedule.warmup_steps",
+                f"must be in [0, {self.total_steps}) (the summed budgets), got {self.warmup_steps}",
             )
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError("schedule.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
@@ -79,8 +80,10 @@ class RunSchedule:
 
     def multiplier(self, stage: str, local_step: int) -> float:
         """LR multiplier of `local_step` within `stage` on the run-wide curve."""
-        return warmup_cosine(self.global_step(stage, local_step), self.total_steps, self.warmup_steps, self.min_lr_ratio)
+        step = self.global_step(stage, local_step)
+        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.min_lr_ratio)
 
     def curve(self) -> list[float]:
         """Multiplier at every global step of the run (for plots and tests)."""
-        return [warmup_cosine(s, self.total_steps, self.warmup_steps, self.min_lr_ratio) for s in range(self.total_steps)]
+        total, warmup, floor = self.total_steps, self.warmup_steps, self.min_lr_ratio
+        return [warmup_cosine(s, total, warmup, floor) for s in range(total)]

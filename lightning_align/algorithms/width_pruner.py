@@ -1,10 +1,10 @@
-"""Gradual FFN-width pruning by sensitivity, interleaved with training (IDEA Prune, arXiv 2503.05920, Sec. 3.2).
+"""Gradual FFN-width pruning by sensitivity, interleaved with training (IDEA Prune, arXiv 2503.05920).
 
 The paper prunes intermediate neurons of the enlarged model a few at a time while training continues, so capacity
 can move onto the survivors. Its exact score is not public; we use the PLATON / LoSparse choice from the same
-group: the sensitivity `|θ · ∂L/∂θ|` (a first-order estimate of the loss change when θ is zeroed), smoothed by an
+group: the sensitivity `|θ · ∂L/∂θ|` (first-order estimate of the loss change when θ is zeroed), smoothed by an
 exponential moving average over steps and summed per neuron over its `gate_proj`/`up_proj` rows and its
-`down_proj` column. The kept width follows a cubic schedule over a pruning window (PLATON Eq. 7).
+`down_proj` column. The kept width follows a cubic schedule over a pruning window (as in PLATON).
 
 Pruned neurons are *masked* (their input to `down_proj` is multiplied by 0), so parameter and optimizer shapes stay
 fixed during the stage; `keep_indices()` then feeds `lightning_align.models.mlp_width.slice_mlp_widths` at stage end.

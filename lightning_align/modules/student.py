@@ -20,7 +20,7 @@ from lightning_align.modules.optim import OptimConfig, build_optimizer
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Knowledge distillation from a frozen teacher directory (e.g. the enlarged model, IDEA Prune Sec. 4).
+    """Knowledge distillation from a frozen teacher directory (e.g. the enlarged model, IDEA Prune).
 
     Training loss = (1 - weight) × LM loss + weight × KL(teacher ‖ student) at `temperature`.
     """
