@@ -3,6 +3,7 @@
   run       compose conf/ with Hydra (plus overrides) and run the whole pipeline
   fit|validate|test|predict   one stage through Lightning's CLI: --config conf/stages/<stage>.yaml [--key=value]
   report    rebuild report.md and plots of a run directory
+  prune     BlockPruner (or a whole-layer baseline) on a local model directory, with a report
 
 User errors (config, data) print one line on stderr and exit with code 2.
 """
@@ -27,13 +28,24 @@ def _parser() -> argparse.ArgumentParser:
         epilog="One stage alone: lightning-align fit --config conf/stages/pretrain.yaml --trainer.max_steps=5\n"
         "(fit/validate/test/predict take Lightning CLI arguments; see `lightning-align fit --help`).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,fit,validate,test,predict,report}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,fit,validate,test,predict,report,prune}")
     run = sub.add_parser("run", help="run the pipeline composed from conf/ (Hydra overrides as key=value)")
     run.add_argument("--config-path", type=Path, default=PACKAGE_CONF, help="config directory (default: packaged conf/)")
     run.add_argument("--config-name", default="config", help="primary config file name without .yaml")
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. run.name=exp1 stages.pretrain.trainer.max_steps=50")
     report = sub.add_parser("report", help="rebuild report.md and plots of a run directory")
     report.add_argument("run_dir", type=Path)
+    prune = sub.add_parser("prune", help="remove attention/MLP blocks by calibration perplexity; writes model + report")
+    prune.add_argument("--model", required=True, help="local Hugging Face model directory (or a run's stage directory)")
+    stop = prune.add_mutually_exclusive_group(required=True)
+    stop.add_argument("--target-ratio", type=float, help="stop once this share of all parameters is removed")
+    stop.add_argument("--blocks", type=int, help="stop after this many blocks")
+    prune.add_argument("--calibration", help="a .txt/.jsonl file used whole (default: held-out embedded corpus)")
+    prune.add_argument("--method", default="blockpruner", choices=["blockpruner", "layer-ppl", "block-influence"])
+    prune.add_argument("--output", required=True, type=Path, help="directory for the pruned model and report.md")
+    prune.add_argument("--num-sequences", type=int, default=32, help="calibration blocks (as many for evaluation)")
+    prune.add_argument("--block-size", type=int, default=128, help="tokens per calibration block")
+    prune.add_argument("--no-compare", action="store_true", help="skip the two other methods in the report")
     for name in LIGHTNING_SUBCOMMANDS:
         sub.add_parser(name, help=f"Lightning CLI `{name}` of one stage (--config conf/stages/<stage>.yaml)",
                        add_help=False)
@@ -65,6 +77,16 @@ def _report(args: argparse.Namespace) -> None:
     print(write_run_report(args.run_dir))
 
 
+def _prune(args: argparse.Namespace) -> None:
+    from lightning_align.stages.prune import run_prune_command
+
+    values = {"model": args.model, "method": args.method, "target_ratio": args.target_ratio, "num_blocks": args.blocks,
+              "num_sequences": args.num_sequences, "block_size": args.block_size, "compare": not args.no_compare}
+    if args.calibration is not None:
+        values.update(calibration=args.calibration, val_fraction=None)
+    print(run_prune_command(values, args.output))
+
+
 def _log_to_stderr() -> None:
     """Our own INFO lines (stage starts, skips); Lightning configures its loggers itself."""
     logger = logging.getLogger("lightning_align")
@@ -83,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             _lightning(argv)
             return 0
         args = _parser().parse_args(argv)
-        {"run": _run, "report": _report}[args.command](args)
+        {"run": _run, "report": _report, "prune": _prune}[args.command](args)
     except (LightningAlignError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

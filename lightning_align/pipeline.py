@@ -31,7 +31,14 @@ def _hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def is_rank_zero() -> bool:
+    """True outside distributed runs and on global rank 0 (DDP/FSDP launch the same command once per rank)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    if not is_rank_zero():
+        return
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(path)
@@ -64,15 +71,17 @@ class MultiStageTrainer:
                 raise ConfigError(f"pipeline.stages.{name}", f"unknown action '{action}' (one of {sorted(ACTIONS)})")
             if name not in declared:
                 raise ConfigError(f"pipeline.stages.{name}", f"no config under 'stages.{name}'")
-            config = self._effective(name, declared[name], previous)
+            config = self._effective(name, declared[name], previous, ACTIONS[action].lightning)
             ACTIONS[action].check(config, f"stages.{name}")
             contexts.append(StageContext(name, config, previous, self.run_dir / name, self.run_dir))
             previous = self.run_dir / name
         return contexts
 
-    def _effective(self, name: str, stage: dict[str, Any], previous: Path | None) -> dict[str, Any]:
+    def _effective(self, name: str, stage: dict[str, Any], previous: Path | None, lightning: bool) -> dict[str, Any]:
         """Fill a stage config from the run level: trainer defaults, seed, starting model, shared data settings."""
         config = copy.deepcopy(stage)
+        if not lightning:
+            return config
         trainer = {**(self.config.get("trainer") or {}), **(config.get("trainer") or {})}
         trainer.setdefault("default_root_dir", str(self.run_dir / "logs" / name))
         trainer.setdefault("logger", {"class_path": "lightning.pytorch.loggers.CSVLogger",
@@ -99,8 +108,9 @@ class MultiStageTrainer:
     def run(self) -> dict[str, dict[str, float]]:
         """Run every stage not yet done with the same config; returns each stage's metrics."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create({**self.config, "stages": {c.name: c.config for c in self.stages}}),
-                       self.run_dir / "config.yaml")
+        if is_rank_zero():
+            OmegaConf.save(OmegaConf.create({**self.config, "stages": {c.name: c.config for c in self.stages}}),
+                           self.run_dir / "config.yaml")
         state = self._state()
         rerun_rest = False
         for ctx in self.stages:
@@ -115,5 +125,6 @@ class MultiStageTrainer:
             metrics = ACTIONS[action].run(ctx)
             state["done"][ctx.name] = {"config_hash": digest, "action": action, "metrics": metrics}
             _write_json(self.run_dir / "state.json", state)
-        write_run_report(self.run_dir, [c.name for c in self.stages])
+        if is_rank_zero():
+            write_run_report(self.run_dir, [c.name for c in self.stages])
         return {c.name: state["done"][c.name]["metrics"] for c in self.stages}

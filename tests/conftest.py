@@ -25,12 +25,16 @@ TINY_OVERRIDES = [f"model.{k}={v}" for k, v in TINY.items()] + [
     "+trainer.enable_progress_bar=false",
 ]
 
+# Drops the alignment stages of the default pipeline (they have their own end-to-end test,
+# test_mutual_taught_pipeline.py), leaving pretrain → evaluate.
+PRETRAIN_EVALUATE = ["~pipeline.stages.sft", "~pipeline.stages.reward", "~pipeline.stages.mutual_taught"]
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp = pytest.MonkeyPatch()
     mp.setenv("LIGHTNING_ALIGN_CACHE", str(tmp_path_factory.mktemp("cache")))
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny models gain little from a second thread and lose a lot when cores are shared
     yield
     mp.undo()
 

@@ -10,13 +10,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lightning_align.cli import main
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import PRETRAIN_EVALUATE, TINY_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-# The alignment stages of the default pipeline have their own end-to-end test (test_mutual_taught_pipeline.py).
-PRETRAIN_EVALUATE = ["~pipeline.stages.sft", "~pipeline.stages.reward", "~pipeline.stages.mutual_taught"]
 
 
 def _run(tmp_path: Path, *extra: str) -> int:

@@ -1,7 +1,8 @@
-"""Preference losses over per-sequence log-probabilities and rewards.
+"""Training losses of the seed methods, as plain functions over tensors.
 
-Each function takes one value per sequence (already summed or averaged over tokens by the caller) and returns the
-mean loss plus detached per-batch statistics under stable names, so a LightningModule can log them as they are.
+The preference losses (DPO/IPO, Bradley–Terry) take one value per sequence (already summed or averaged over tokens by
+the caller) and return the mean loss plus detached per-batch statistics under stable names, so a LightningModule can
+log them as they are.
 """
 from __future__ import annotations
 
@@ -54,3 +55,20 @@ def bradley_terry_loss(
     detached = diff.detach()
     stats = {"accuracy": (detached > 0).float().mean(), "margin": detached.mean()}
     return loss, stats
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(teacher ‖ student) on temperature-softened next-token distributions, mean over (unmasked) tokens.
+
+    Hinton et al. (2015): multiplying by T² keeps the gradient scale independent of T. IDEA Prune (arXiv 2503.05920)
+    distils the enlarged model into the pruned one during recovery. Logits are `[..., vocab]`; `mask` (same leading
+    shape, 1 = counted) drops padding.
+    """
+    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    per_token = (teacher.exp() * (teacher - student)).sum(-1) * temperature**2
+    if mask is None:
+        return per_token.mean()
+    mask = mask.to(per_token.dtype)
+    return (per_token * mask).sum() / mask.sum().clamp_min(1.0)

@@ -48,6 +48,41 @@ def plot_train_loss(run_dir: Path, stages: list[str]) -> Path | None:
     return out
 
 
+def read_lr_curve(run_dir: Path, stages: list[str]) -> list[tuple[str, int, list[int], list[float]]]:
+    """(stage, first global step, logged global steps, LRs) of every stage that logged `train/lr` with
+    `train/global_step` (the SharedSchedule callback); a stage starts at its logged global minus local step."""
+    curves = []
+    for name in stages:
+        csv_path = run_dir / "logs" / name / "metrics.csv"
+        lrs = dict(read_metric_series(csv_path, "train/lr"))
+        steps = dict(read_metric_series(csv_path, "train/global_step"))
+        common = sorted(set(lrs) & set(steps))
+        if common:
+            start = int(steps[common[0]]) - common[0]
+            curves.append((name, start, [int(steps[s]) for s in common], [lrs[s] for s in common]))
+    return curves
+
+
+def plot_lr_curves(runs: dict[str, list[tuple[str, int, list[int], list[float]]]], out: Path) -> Path | None:
+    """LR against the run-wide global step, one line per run, a dotted line where each later stage starts."""
+    if not any(runs.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for (label, curves), style in zip(runs.items(), ("-", "--", "-.", ":") * len(runs)):
+        steps = [s for _, _, xs, _ in curves for s in xs]
+        lrs = [lr for _, _, _, ys in curves for lr in ys]
+        line, = ax.plot(steps, lrs, style, label=label)
+        for name, start, _, _ in curves[1:]:
+            ax.axvline(start, color=line.get_color(), linestyle=":", linewidth=0.8)
+            ax.annotate(name, (start, max(lrs)), fontsize=7, color=line.get_color(), rotation=90, va="top")
+    ax.set(xlabel="global step", ylabel="learning rate", title="LR across stages")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def write_run_report(run_dir: str | Path, stages: list[str] | None = None) -> Path:
     """A table of every stage's metrics, the loss plot, then each stage's own `report.md` (if it wrote one)."""
     run_dir = Path(run_dir)
@@ -63,6 +98,9 @@ def write_run_report(run_dir: str | Path, stages: list[str] | None = None) -> Pa
     plot = plot_train_loss(run_dir, stages)
     if plot is not None:
         lines += ["", f"![training loss]({plot.name})"]
+    lr_plot = plot_lr_curves({run_dir.name: read_lr_curve(run_dir, stages)}, run_dir / "lr.png")
+    if lr_plot is not None:
+        lines += ["", f"![learning rate]({lr_plot.name})"]
     for name in stages:
         stage_report = run_dir / name / "report.md"
         if stage_report.is_file():

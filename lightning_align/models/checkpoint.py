@@ -14,6 +14,9 @@ from typing import Any, Callable
 
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from lightning_align.models.blocks import SUPPORTED_MODEL_TYPES, block_structure, replay_removed_blocks
+from lightning_align.models.mlp_width import resize_mlp_widths, width_structure
+
 METADATA_FILE = "lightning_align.json"
 
 
@@ -32,7 +35,11 @@ def save_model_dir(
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata or {}, indent=2, sort_keys=True))
+        metadata = dict(metadata or {})
+        structure = {**model_structure(model), **metadata.get("structure", {})}
+        if structure:
+            metadata["structure"] = structure
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -48,7 +55,16 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
 
 
 # Each structural shrink a stage can record, keyed by its entry in metadata["structure"].
-STRUCTURE_APPLIERS: dict[str, Callable[[PreTrainedModel, Any], None]] = {}
+STRUCTURE_APPLIERS: dict[str, Callable[[PreTrainedModel, Any], None]] = {
+    "removed_blocks": replay_removed_blocks,  # first: widths refer to the MLPs that remain
+    "intermediate_sizes": resize_mlp_widths,
+}
+
+
+def model_structure(model: PreTrainedModel) -> dict[str, Any]:
+    """What the saved config cannot say about this model's shape; derived from the model, never stored alongside."""
+    blocks = block_structure(model) if getattr(model.config, "model_type", None) in SUPPORTED_MODEL_TYPES else {}
+    return {**blocks, **width_structure(model)}
 
 
 def apply_structure(model: PreTrainedModel, structure: dict[str, Any]) -> None:

@@ -1,35 +1,78 @@
 """Causal-LM training of a student model: the module behind pretraining, enlarging and recovery stages."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 import torch
+from jsonargparse.typing import ClosedUnitInterval, PositiveFloat
 from torchmetrics.text import Perplexity
 
-from lightning_align.models.checkpoint import save_model_dir
+from lightning_align.algorithms.losses import distillation_loss
+from lightning_align.errors import ConfigError
+from lightning_align.models.checkpoint import load_pretrained, save_model_dir
 from lightning_align.models.loading import load_model, load_tokenizer
 from lightning_align.models.spec import ModelSpec
 from lightning_align.modules.optim import OptimConfig, build_optimizer
 
 
-class StudentModule(L.LightningModule):
-    """Next-token cross-entropy on packed blocks; validation perplexity = exp(mean token NLL) over the val set."""
+@dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation from a frozen teacher directory (e.g. the enlarged model, IDEA Prune).
 
-    def __init__(self, model: ModelSpec = ModelSpec(), optim: OptimConfig = OptimConfig()) -> None:
+    Training loss = (1 - weight) × LM loss + weight × KL(teacher ‖ student) at `temperature`.
+    """
+
+    teacher: str
+    weight: ClosedUnitInterval = 0.5
+    temperature: PositiveFloat = 2.0
+
+
+class StudentModule(L.LightningModule):
+    """Next-token cross-entropy on packed blocks; validation perplexity = exp(mean token NLL) over the val set.
+
+    With `distill`, a frozen teacher's logits are mixed into the training loss (validation stays plain LM loss).
+    """
+
+    def __init__(self, model: ModelSpec = ModelSpec(), optim: OptimConfig = OptimConfig(),
+                 distill: Optional[DistillConfig] = None) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.spec, self.optim = model, optim
+        self.spec, self.optim, self.distill = model, optim, distill
         self.tokenizer = load_tokenizer(model)
-        self.model = load_model(model, self.tokenizer)
+        self.model = load_model(model, self.tokenizer).train()  # loaded directories come back in eval mode
+        self.teacher = self._load_teacher(distill) if distill is not None else None
         self.val_ppl = Perplexity()
+
+    @staticmethod
+    def _load_teacher(distill: DistillConfig) -> torch.nn.Module:
+        if not (Path(distill.teacher) / "config.json").is_file():
+            raise ConfigError("model.init_args.distill.teacher",
+                              f"'{distill.teacher}' is not a Hugging Face model directory (no config.json)")
+        return load_pretrained(distill.teacher).requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> StudentModule:
+        """Keep the teacher in eval mode whatever Lightning does to the module tree."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids).logits
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        loss = self.model(input_ids=batch, labels=batch).loss
+        output = self.model(input_ids=batch, labels=batch)
+        loss = output.loss
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(input_ids=batch).logits
+            kd = distillation_loss(output.logits, teacher_logits, self.distill.temperature)
+            self.log("train/lm_loss", output.loss)
+            self.log("train/kd_loss", kd)
+            loss = (1.0 - self.distill.weight) * output.loss + self.distill.weight * kd
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -42,7 +85,7 @@ class StudentModule(L.LightningModule):
         targets = batch[:, 1:]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
         self.val_ppl.update(logits, targets)
-        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log("val/ppl", self.val_ppl, prog_bar=True)
 
     def configure_optimizers(self) -> dict:

@@ -1,14 +1,15 @@
 """Stage actions: the pipeline looks up `pipeline.stages.<name>: <action>` here.
 
 An action has a `check` (validate a stage config before anything runs; raises `ConfigError`) and a `run`
-(do the stage, write the output model directory, return metrics).
+(do the stage, write the output model directory, return metrics). `lightning` actions get the run-level Trainer
+defaults and seed filled into their config; the others take their config as written.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from lightning_align.stages import lightning_stage
+from lightning_align.stages import lightning_stage, prune
 from lightning_align.stages.context import StageContext
 
 
@@ -16,12 +17,14 @@ from lightning_align.stages.context import StageContext
 class Action:
     run: Callable[[StageContext], dict[str, float]]
     check: Callable[[dict[str, Any], str], None]
+    lightning: bool = True
 
 
 ACTIONS: dict[str, Action] = {
     "fit": Action(lightning_stage.fit, lightning_stage.check_stage_config),
     "validate": Action(lightning_stage.validate, lightning_stage.check_stage_config),
     "test": Action(lightning_stage.test, lightning_stage.check_stage_config),
+    "prune": Action(prune.run, prune.check, lightning=False),
 }
 
 __all__ = ["ACTIONS", "Action", "StageContext"]

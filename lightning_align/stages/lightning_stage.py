@@ -49,7 +49,7 @@ def check_stage_config(config: dict[str, Any], where: str, file: str | None = No
     paths), so a missing data file is reported before any stage runs.
     """
     try:
-        _ParseOnlyCLI(args=copy.deepcopy(config), run=False)  # jsonargparse rewrites list items in place
+        _ParseOnlyCLI(args=copy.deepcopy(config), run=False)  # the parser turns nested class_path dicts into Namespaces
     except Exception as err:
         raise parser_error_to_config_error(err, prefix=f"{where}.", file=file) from None
     data = config.get("data")
@@ -90,6 +90,13 @@ def _has_val(cli: StageCLI) -> bool:
     return cli.trainer.limit_val_batches != 0 and hasattr(cli.datamodule, "val_dataloader")
 
 
+def _export(cli: StageCLI, ctx: StageContext, metrics: dict[str, float]) -> None:
+    """Rank zero writes the stage output; every rank waits for it, since the next stage loads it."""
+    if cli.trainer.is_global_zero:
+        cli.model.export(ctx.output_dir, {"stage": ctx.name, "metrics": metrics})
+    cli.trainer.strategy.barrier("export")
+
+
 def fit(ctx: StageContext) -> dict[str, float]:
     """Validate, train, validate again, export: the report shows the stage's held-out metrics before and after."""
     cli = instantiate(ctx.config, f"stages.{ctx.name}")
@@ -101,7 +108,7 @@ def fit(ctx: StageContext) -> dict[str, float]:
     metrics.update({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("train/")})
     if _has_val(cli):
         metrics.update(_metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)))
-    cli.model.export(ctx.output_dir, {"stage": ctx.name, "metrics": metrics})
+    _export(cli, ctx, metrics)
     return metrics
 
 
@@ -109,7 +116,7 @@ def validate(ctx: StageContext) -> dict[str, float]:
     """Held-out metrics of the incoming model; the model is passed on unchanged."""
     cli = instantiate(ctx.config, f"stages.{ctx.name}")
     metrics = _metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False))
-    cli.model.export(ctx.output_dir, {"stage": ctx.name, "metrics": metrics})
+    _export(cli, ctx, metrics)
     return metrics
 
 
@@ -117,7 +124,7 @@ def test(ctx: StageContext) -> dict[str, float]:
     """Test-set metrics of the incoming model; the model is passed on unchanged."""
     cli = instantiate(ctx.config, f"stages.{ctx.name}")
     metrics = _metrics(cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False))
-    cli.model.export(ctx.output_dir, {"stage": ctx.name, "metrics": metrics})
+    _export(cli, ctx, metrics)
     return metrics
 
 

@@ -1,0 +1,119 @@
+"""Integrated enlarge → prune → recover vs. the target size from scratch vs. the naive pipeline (IDEA Prune).
+
+Runs `pipeline=enlarge_prune` (and its `_kd` variant), `pipeline=naive_prune` and `pipeline=baseline_target` with
+the same total step budget, then writes `<out>/report.md`: final held-out perplexity at equal parameter count (ratio
+to the baseline) and `<out>/lr.png`, the LR curves against the global step with stage boundaries.
+
+    python benchmarks/enlarge_prune_compare.py            # the embedded default, a few minutes per pipeline on CPU
+    python benchmarks/enlarge_prune_compare.py --quick    # tiny model, seconds: checks that the comparison runs
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from lightning_align.eval.report import plot_lr_curves, read_lr_curve
+from lightning_align.models.checkpoint import load_pretrained
+from lightning_align.pipeline import MultiStageTrainer
+from lightning_align.run_config import compose
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+PIPELINES = ("enlarge_prune", "enlarge_prune_kd", "naive_prune", "baseline_target")
+PRUNED = ("enlarge_prune", "enlarge_prune_kd", "naive_prune")
+
+
+def split_budget(total: int) -> dict[str, int]:
+    """Half the steps for the enlarged model, a quarter each for pruning and recovery (IDEA Prune)."""
+    prune = total // 4
+    return {"enlarge": total - 2 * prune, "prune": prune, "recover": prune}
+
+
+def overrides(pipeline: str, out: Path, total: int, quick: bool, batch_size: int | None = None,
+              corpus: str | None = None, seed: int | None = None) -> list[str]:
+    """Hydra overrides giving every pipeline the same total steps (and, with `--quick`, a tiny model)."""
+    args = [f"pipeline={pipeline}", f"run.dir={out}", f"run.name={pipeline}", "+trainer.enable_progress_bar=false"]
+    if corpus is not None:
+        args.append(f"data.corpus={corpus}")
+    budgets = split_budget(total)
+    warmup = max(1, total // 20)
+    args.append(f"pipeline.schedule.warmup_steps={warmup}")
+    if pipeline in PRUNED:
+        args += [f"pipeline.schedule.budgets.{name}={steps}" for name, steps in budgets.items()]
+        prune = budgets["prune"]
+        args += [f"stages.prune.trainer.callbacks.0.init_args.start_step={max(1, prune // 10)}",
+                 f"stages.prune.trainer.callbacks.0.init_args.end_step={max(2, prune * 4 // 5)}",
+                 f"stages.prune.trainer.callbacks.0.init_args.every_n_steps={max(1, prune // 20)}"]
+        stages = ("enlarge", "prune", "recover", "evaluate")
+    else:
+        args.append(f"pipeline.schedule.budgets.train={total}")
+        stages = ("train", "evaluate")
+    if batch_size is not None:
+        args += [f"stages.{stage}.data.init_args.batch_size={batch_size}" for stage in stages]
+    if seed is not None:
+        args += [f"model.seed={seed}"] + [f"stages.{stage}.seed_everything={seed}" for stage in stages]
+    if quick:
+        args += ["model.vocab_size=300", "model.hidden_size=32", "model.intermediate_size=32",
+                 "model.num_hidden_layers=2", "model.num_attention_heads=2", "model.num_key_value_heads=2",
+                 "model.max_position_embeddings=64"]
+        if pipeline in PRUNED:
+            args.append("stages.enlarge.model.init_args.model.intermediate_size=84")
+        for stage in stages:
+            args += [f"stages.{stage}.data.init_args.block_size=32", f"stages.{stage}.data.init_args.batch_size=4",
+                     f"stages.{stage}.trainer.limit_val_batches=2", f"++stages.{stage}.trainer.log_every_n_steps=1"]
+    return args
+
+
+def run_all(out: Path, total: int, quick: bool, batch_size: int | None = None, corpus: str | None = None,
+            seed: int | None = None) -> list[dict]:
+    rows = []
+    for pipeline in PIPELINES:
+        start = time.perf_counter()
+        args = overrides(pipeline, out, total, quick, batch_size, corpus, seed)
+        trainer = MultiStageTrainer(compose(CONF, "config", args))
+        results = trainer.run()
+        model = load_pretrained(trainer.run_dir / "evaluate")
+        rows.append({"pipeline": pipeline, "ppl": results["evaluate"]["val/ppl"],
+                     "params": sum(p.numel() for p in model.parameters()),
+                     "ffn": model.config.intermediate_size, "seconds": time.perf_counter() - start,
+                     "lr": read_lr_curve(trainer.run_dir, [c.name for c in trainer.stages])})
+    return rows
+
+
+def write_report(rows: list[dict], out: Path, total: int) -> Path:
+    baseline = next(r for r in rows if r["pipeline"] == "baseline_target")
+    lines = [f"# Enlarge → prune → recover vs. baselines ({total} optimizer steps each)", "",
+             "| pipeline | params | FFN width | held-out ppl | ppl / baseline | wall s |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['pipeline']} | {row['params']:,} | {row['ffn']} | {row['ppl']:.3f} | "
+                     f"{row['ppl'] / baseline['ppl']:.3f} | {row['seconds']:.0f} |")
+    plot = plot_lr_curves({r["pipeline"]: r["lr"] for r in rows}, out / "lr.png")
+    if plot is not None:
+        lines += ["", f"![LR curves]({plot.name})"]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:len(rows) + 4]))
+    return report
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model and 16 steps: checks the comparison runs")
+    parser.add_argument("--steps", type=int, default=None, help="total optimizer steps per pipeline (default 400)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size of every stage (default: the YAML's)")
+    parser.add_argument("--corpus", default=None, help="a .txt/.jsonl corpus instead of the embedded one")
+    parser.add_argument("--seed", type=int, default=None, help="model init and training seed (default: the YAML's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (shared CPUs time badly with more)")
+    parser.add_argument("--out", type=Path, default=Path("runs/enlarge_prune_compare"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    total = args.steps or (16 if args.quick else 400)
+    rows = run_all(args.out, total, args.quick, args.batch_size, args.corpus, args.seed)
+    return write_report(rows, args.out, total)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""`GradualWidthPruning`: remove FFN neurons a few at a time while the prune stage trains, cut them out at its end.
+
+IDEA Prune (arXiv 2503.05920): interleave pruning with training so the survivors absorb the capacity of
+what goes. Scores and masks come from `lightning_align.algorithms.width_pruner.WidthPruner`; the kept width follows
+its cubic schedule between `start_step` and `end_step` (stage-local optimizer steps). During the stage pruned neurons
+are masked, so parameter and Adam-moment shapes never change; when training ends the masks become surgery
+(`slice_mlp_widths`), and the next stage starts a fresh optimizer on the smaller model.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_align.algorithms.width_pruner import Scope, WidthPruner, cubic_width
+from lightning_align.errors import ConfigError
+from lightning_align.models.mlp_width import mlp_modules, slice_mlp_widths
+
+log = logging.getLogger(__name__)
+
+
+class GradualWidthPruning(pl.Callback):
+    """Sensitivity EMA every step, cubic pruning every `every_n_steps`, surgery in `on_train_end`."""
+
+    def __init__(self, target_width: int, start_step: int, end_step: int, every_n_steps: int = 1,
+                 beta: float = 0.85, scope: Scope = "layer", min_width: int = 1) -> None:
+        if target_width <= 0:
+            raise ConfigError("callbacks.GradualWidthPruning.target_width", f"must be positive, got {target_width}")
+        if not 0 <= start_step < end_step:
+            raise ConfigError("callbacks.GradualWidthPruning.end_step",
+                              f"the window needs 0 <= start_step < end_step, got [{start_step}, {end_step})")
+        if every_n_steps <= 0:
+            raise ConfigError("callbacks.GradualWidthPruning.every_n_steps", f"must be positive, got {every_n_steps}")
+        if not 0.0 <= beta < 1.0:
+            raise ConfigError("callbacks.GradualWidthPruning.beta", f"must be in [0, 1), got {beta}")
+        self.target_width, self.start_step, self.end_step = target_width, start_step, end_step
+        self.every_n_steps, self.beta, self.scope, self.min_width = every_n_steps, beta, scope, min_width
+        self.pruner: WidthPruner | None = None
+        self._pending_state: dict[str, torch.Tensor] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.pruner is not None:
+            return
+        try:
+            self.pruner = WidthPruner(pl_module.model, self.target_width, self.beta, self.scope, self.min_width)
+        except ValueError as error:
+            raise ConfigError("callbacks.GradualWidthPruning", str(error)) from error
+        if self._pending_state is not None:
+            self.pruner.load_state_dict(self._pending_state)
+        self.pruner.attach()
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        self.pruner.accumulate()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps == 0 or step >= self.end_step:
+            self.pruner.prune_to(self.width_at(step))
+        pl_module.log("prune/ffn_width", sum(self.pruner.kept_widths()) / len(self.pruner.mlps),
+                      on_step=True, on_epoch=False)
+
+    def width_at(self, step: int) -> int:
+        return cubic_width(step, self.start_step, self.end_step, self.pruner.initial_width, self.target_width)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Reach the target even if the stage stopped inside the window, then cut the masked neurons out."""
+        if self.pruner.prune_to(self.target_width):
+            log.warning("training stopped at step %d, before the pruning window ended at %d: pruned to the target "
+                        "width in one cut", trainer.global_step, self.end_step)
+        self.pruner.detach()
+        present = mlp_modules(pl_module.model)  # block removal may have taken some MLPs out already
+        keep = [index for mlp, index in zip(self.pruner.mlps, self.pruner.keep_indices())
+                if any(mlp is other for other in present)]
+        slice_mlp_widths(pl_module.model, keep)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.pruner.state_dict() if self.pruner is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.pruner is None:
+            self._pending_state = state_dict
+        else:
+            self.pruner.load_state_dict(state_dict)

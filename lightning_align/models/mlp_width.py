@@ -1,0 +1,77 @@
+"""Structural surgery on FFN width: keep a subset of each decoder layer's intermediate neurons.
+
+A LLaMA-style MLP computes `down(act(gate(x)) * up(x))`; intermediate neuron `j` owns row `j` of `gate_proj` and
+`up_proj` and column `j` of `down_proj`. Dropping the same `j` from all three removes the neuron exactly, so a model
+whose pruned neurons were masked to zero gives the same logits after slicing. Per-layer widths that differ cannot be
+written in a plain HF config; they are recorded as `{"intermediate_sizes": [...]}` in the checkpoint metadata and
+replayed by `resize_mlp_widths` before the weights are loaded.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+
+def mlp_modules(model: PreTrainedModel) -> list[nn.Module]:
+    """The MLP of every decoder layer that still has one, in depth order (modules with gate/up/down projections).
+
+    A layer whose MLP block was removed (see `models.blocks`) has no neurons and is left out, so widths and keep
+    indices always refer to the present MLPs in depth order. Models without `model.layers` have none.
+    """
+    layers = getattr(getattr(model, "model", None), "layers", None) or []
+    return [layer.mlp for layer in layers if hasattr(getattr(layer, "mlp", None), "down_proj")]
+
+
+def mlp_widths(model: PreTrainedModel) -> list[int]:
+    return [mlp.down_proj.in_features for mlp in mlp_modules(model)]
+
+
+def _sliced_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """A new Linear keeping `index` along the weight's `dim` (0 = output rows, 1 = input columns)."""
+    weight = linear.weight.detach().index_select(dim, index.to(linear.weight.device))
+    out_features, in_features = weight.shape
+    sliced = nn.Linear(in_features, out_features, bias=linear.bias is not None,
+                       device=weight.device, dtype=weight.dtype)
+    sliced.weight.data.copy_(weight)
+    if linear.bias is not None:
+        bias = linear.bias.detach()
+        sliced.bias.data.copy_(bias.index_select(0, index.to(bias.device)) if dim == 0 else bias)
+    sliced.weight.requires_grad_(linear.weight.requires_grad)
+    return sliced
+
+
+def slice_mlp_widths(model: PreTrainedModel, keep: Sequence[torch.Tensor]) -> PreTrainedModel:
+    """Keep intermediate neurons `keep[i]` (sorted indices) of layer `i`, in place; returns the model.
+
+    When every layer ends with the same width, `config.intermediate_size` is set to it so the saved model is a plain
+    HF checkpoint; otherwise the config keeps its original width and `width_structure` must go into the metadata.
+    """
+    mlps = mlp_modules(model)
+    if len(keep) != len(mlps):
+        raise ValueError(f"got {len(keep)} index sets for {len(mlps)} decoder layers")
+    for mlp, index in zip(mlps, keep):
+        index = torch.as_tensor(index, dtype=torch.long).sort().values
+        mlp.gate_proj = _sliced_linear(mlp.gate_proj, index, 0)
+        mlp.up_proj = _sliced_linear(mlp.up_proj, index, 0)
+        mlp.down_proj = _sliced_linear(mlp.down_proj, index, 1)
+        mlp.intermediate_size = int(index.numel())
+    widths = set(mlp_widths(model))
+    if len(widths) == 1:
+        model.config.intermediate_size = widths.pop()
+    return model
+
+
+def resize_mlp_widths(model: PreTrainedModel, sizes: Sequence[int]) -> PreTrainedModel:
+    """Give layer `i` an MLP of width `sizes[i]` (its first neurons), so a checkpoint with those shapes can load."""
+    return slice_mlp_widths(model, [torch.arange(size) for size in sizes])
+
+
+def width_structure(model: PreTrainedModel) -> dict[str, list[int]]:
+    """Metadata `structure` entry needed to rebuild this model: empty when the config already says the width."""
+    widths = mlp_widths(model)
+    if all(width == getattr(model.config, "intermediate_size", None) for width in widths):
+        return {}
+    return {"intermediate_sizes": widths}

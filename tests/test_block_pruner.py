@@ -1,0 +1,108 @@
+"""BlockPruner search and its baselines: exactness of the fast search, greedy choices, stop rules."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_align.algorithms.block_pruner import BlockRunner, StopRule, block_pruner
+from lightning_align.algorithms.layer_pruning import block_influence, layer_ppl
+from lightning_align.errors import ConfigError
+from lightning_align.models.blocks import Block, all_blocks, skipping
+from tests.tiny_decoders import single_thread, tiny_decoder, token_batch
+
+CALIBRATION = token_batch(batch=5, length=10, seed=3)
+
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return tiny_decoder("llama", layers=3, seed=4)
+
+
+def reference_ppl(model: torch.nn.Module, removed: set[Block]) -> float:
+    """Perplexity through the model's own forward with ``removed`` skipped: mean per-sequence NLL, exponentiated."""
+    with torch.no_grad(), skipping(model, removed):
+        logits = model(CALIBRATION).logits.float()
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), CALIBRATION[:, 1:], reduction="none").mean(dim=1)
+    return math.exp(nll.double().mean().item())
+
+
+def test_block_runner_matches_the_model_forward(model: torch.nn.Module) -> None:
+    runner = BlockRunner(model, CALIBRATION, batch_size=2)
+    for removed in [set(), {Block(0, "attn"), Block(2, "mlp")}, {Block(1, "attn"), Block(1, "mlp")}]:
+        assert runner.perplexity(removed) == pytest.approx(reference_ppl(model, removed), rel=1e-6)
+
+
+def test_fast_search_equals_naive_search_exactly(model: torch.nn.Module) -> None:
+    stop = StopRule(num_blocks=3)
+    fast = block_pruner(model, CALIBRATION, stop, batch_size=2, progress=False)
+    naive = block_pruner(model, CALIBRATION, stop, batch_size=2, reuse_prefix=False, progress=False)
+    assert fast.order == naive.order
+    assert [s.ppl for s in fast.steps] == [s.ppl for s in naive.steps]
+    # naive: dense pass 6, then c candidates x (c - 1) remaining blocks for c = 6, 5, 4; per sequence
+    assert naive.block_forwards == (6 + 30 + 20 + 12) * 5 == fast.naive_block_forwards
+    assert fast.block_forwards < naive.block_forwards
+
+
+def test_each_step_takes_the_lowest_perplexity_given_earlier_steps(model: torch.nn.Module) -> None:
+    result = block_pruner(model, CALIBRATION, StopRule(num_blocks=2), batch_size=5, progress=False)
+    removed: set[Block] = set()
+    for step in result.steps:
+        scores = {b: reference_ppl(model, removed | {b}) for b in all_blocks(model) if b not in removed}
+        assert step.removed == (min(scores, key=scores.get),)
+        assert step.ppl == pytest.approx(scores[step.removed[0]], rel=1e-6)
+        removed.add(step.removed[0])
+
+
+def test_stop_by_ratio_stops_at_the_first_step_reaching_it(model: torch.nn.Module) -> None:
+    result = block_pruner(model, CALIBRATION, StopRule(target_ratio=0.3), progress=False)
+    fractions = [s.removed_fraction for s in result.steps]
+    assert fractions[-1] >= 0.3 and all(f < 0.3 for f in fractions[:-1])
+    assert fractions == sorted(fractions)
+
+
+@pytest.mark.parametrize(
+    ("stop", "key", "message"),
+    [
+        (StopRule(target_ratio=1.0), "target_ratio", "must be in \\(0, 0.8"),
+        (StopRule(target_ratio=0.0), "target_ratio", "must be in"),
+        (StopRule(num_blocks=6), "num_blocks", "the model has 6 blocks"),
+        (StopRule(), "target_ratio", "exactly one"),
+    ],
+)
+def test_unreachable_stop_rules_are_refused(model: torch.nn.Module, stop: StopRule, key: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as error:
+        block_pruner(model, CALIBRATION, stop, progress=False)
+    assert error.value.key == key
+
+
+def test_layer_ppl_removes_whole_layers_greedily(model: torch.nn.Module) -> None:
+    result = layer_ppl(model, CALIBRATION, StopRule(num_blocks=3), progress=False)
+    assert len(result.steps) == 2 and all(s.removed[0].layer == s.removed[1].layer for s in result.steps)
+    scores = {i: reference_ppl(model, {Block(i, "attn"), Block(i, "mlp")}) for i in range(3)}
+    assert result.steps[0].removed[0].layer == min(scores, key=scores.get)
+
+
+def test_block_influence_ranks_layers_by_input_output_cosine(model: torch.nn.Module) -> None:
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hooks = [layer.register_forward_hook(lambda m, a, out: seen.append((a[0], out))) for layer in model.model.layers]
+    with torch.no_grad():
+        model(CALIBRATION)
+    for hook in hooks:
+        hook.remove()
+    influence = [1 - F.cosine_similarity(h_in, h_out, dim=-1).mean().item() for h_in, h_out in seen]
+    result = block_influence(model, CALIBRATION, StopRule(num_blocks=4), progress=False)
+    assert [s.removed[0].layer for s in result.steps] == sorted(range(3), key=influence.__getitem__)[:2]
+    assert result.steps[1].ppl == pytest.approx(reference_ppl(model, set(result.order)), rel=1e-6)
+
+
+def test_search_benchmark_quick_mode_runs(capsys: pytest.CaptureFixture) -> None:
+    from benchmarks.block_pruner_search import main
+
+    main(["--quick"])
+    out = capsys.readouterr().out
+    assert "identical order and perplexities: True" in out and "ratio" in out

@@ -1,0 +1,41 @@
+"""End to end: enlarge/prune pipelines and the baseline run (`--quick`) at equal size, with the promised LR curves."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_align.algorithms.schedule import RunSchedule
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import enlarge_prune_compare  # noqa: E402
+
+
+@pytest.mark.slow
+def test_quick_comparison_runs_at_equal_size_with_one_shared_curve(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Topic {i}: a stage hands its model directory to the next one, {i}." * 3
+                                    for i in range(80)))
+    rows = enlarge_prune_compare.run_all(tmp_path, total=16, quick=True, corpus=str(corpus))
+    report = enlarge_prune_compare.write_report(rows, tmp_path, 16)
+    by_name = {row["pipeline"]: row for row in rows}
+    assert {row["params"] for row in rows} == {by_name["baseline_target"]["params"]}
+    assert {row["ffn"] for row in rows} == {32}
+    assert list(by_name) == ["enlarge_prune", "enlarge_prune_kd", "naive_prune", "baseline_target"]
+    assert "train/kd_loss" in (tmp_path / "enlarge_prune_kd" / "logs" / "recover" / "metrics.csv").read_text()
+    assert report.read_text().count("| ") >= 3 and (tmp_path / "lr.png").is_file()
+
+    budgets = enlarge_prune_compare.split_budget(16)
+    shared = RunSchedule(budgets, warmup_steps=1)
+    curves = by_name["enlarge_prune"]["lr"]
+    assert [(name, start) for name, start, _, _ in curves] == [("enlarge", 0), ("prune", 8), ("recover", 12)]
+    steps = [s for _, _, xs, _ in curves for s in xs]
+    lrs = [lr for _, _, _, ys in curves for lr in ys]
+    assert steps == list(range(16)), "every stage continues the global step where the previous one stopped"
+    assert lrs == pytest.approx([3e-3 * m for m in shared.curve()], rel=1e-6)
+
+    assert [s for _, _, xs, _ in by_name["naive_prune"]["lr"] for s in xs] == list(range(16))
+    naive = [lr for _, _, _, ys in by_name["naive_prune"]["lr"] for lr in ys]
+    starts = [start for _, start, _, _ in by_name["naive_prune"]["lr"]][1:]
+    assert all(naive[s] > naive[s - 1] for s in starts), "the naive pipeline re-warms the LR at each stage"
