@@ -26,7 +26,8 @@ class GoldRoundMetrics(L.Callback):
       the paper (all pairs of a prompt are used, to cut the variance of a small selection set);
     - `rm_accuracy_heldout`: accuracy of r_t on the RM stage's held-out gold pairs (same `num_pairs`,
       `val_fraction`, `seed` as that stage's data).
-    Must come last among the Mutual-Taught callbacks; logs `round/<name>` and fills the module's `rounds`.
+    Must come last among the Mutual-Taught callbacks; logs `round/<name>` and fills the module's `rounds`. With a
+    user's own prompts (no gold reward) it warns once and does nothing.
     """
 
     def __init__(self, num_pairs: int = 512, val_fraction: float = 0.1, seed: int = 0, fresh_samples: int = 4,
@@ -37,10 +38,12 @@ class GoldRoundMetrics(L.Callback):
         self.fresh_samples = fresh_samples
         self._initial: list[str] = []
         self._previous_rm = None
+        self.enabled = True
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if getattr(trainer.datamodule, "prompts", None) != GOLD:
-            raise ConfigError("data.init_args.prompts", "GoldRoundMetrics needs the built-in task (prompts: gold)")
+        self.enabled = getattr(trainer.datamodule, "prompts", None) == GOLD
+        if not self.enabled:
+            log.warning("GoldRoundMetrics: no gold reward for your own prompts; per-round gold metrics are skipped")
         if trainer.callbacks.index(self) != max(i for i, cb in enumerate(trainer.callbacks)
                                                 if type(cb).__module__.startswith("lightning_align")):
             raise ConfigError("trainer.callbacks", "GoldRoundMetrics must follow the other Mutual-Taught callbacks")
@@ -89,7 +92,7 @@ class GoldRoundMetrics(L.Callback):
         log.info("Mutual-Taught rounds so far:\n%s", round_table(trainer.lightning_module.rounds))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not pl_module.rounds:
+        if self.enabled and not pl_module.rounds:
             pl_module.rounds.append({"round": 0, **self._row(trainer, pl_module)})
             self._publish(trainer, pl_module.rounds[-1])
 
@@ -97,5 +100,7 @@ class GoldRoundMetrics(L.Callback):
         self._previous_rm = pl_module.reward_model
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled:
+            return
         pl_module.rounds[-1].update(self._row(trainer, pl_module))
         self._publish(trainer, pl_module.rounds[-1])
