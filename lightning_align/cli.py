@@ -62,7 +62,11 @@ def _run(args: argparse.Namespace) -> None:
     for stage, metrics in results.items():
         shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
         print(f"  {stage}: {shown}")
-    print(f"report: {trainer.run_dir / 'report.md'}")
+    for stage in results:
+        stage_report = trainer.run_dir / stage / "report.md"
+        if stage_report.is_file():
+            print(f"\n[{stage}] {stage_report}\n{stage_report.read_text().strip()}")
+    print(f"\nreport: {trainer.run_dir / 'report.md'}")
 
 
 def _lightning(argv: list[str]) -> None:

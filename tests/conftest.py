@@ -14,7 +14,7 @@ from lightning_align.models.tokenizer import train_bpe
 TINY = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
             num_key_value_heads=2, max_position_embeddings=64)
 
-# Hydra overrides that shrink the default pipeline to seconds.
+# Hydra overrides that shrink the `align` pipeline's pretrain and evaluate stages to seconds.
 TINY_OVERRIDES = [f"model.{k}={v}" for k, v in TINY.items()] + [
     "stages.pretrain.trainer.max_steps=30",
     "stages.pretrain.trainer.val_check_interval=15",
@@ -25,9 +25,9 @@ TINY_OVERRIDES = [f"model.{k}={v}" for k, v in TINY.items()] + [
     "+trainer.enable_progress_bar=false",
 ]
 
-# Drops the alignment stages of the default pipeline (they have their own end-to-end test,
+# The alignment pipeline without its alignment stages (they have their own end-to-end test,
 # test_mutual_taught_pipeline.py), leaving pretrain → evaluate.
-PRETRAIN_EVALUATE = ["~pipeline.stages.sft", "~pipeline.stages.reward", "~pipeline.stages.mutual_taught"]
+PRETRAIN_EVALUATE = ["pipeline=align", "~pipeline.stages.sft", "~pipeline.stages.reward", "~pipeline.stages.mutual_taught"]
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -12,7 +12,7 @@ from tests.conftest import TINY_OVERRIDES
 
 
 def _run(tmp_path: Path, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
-    code = main(["run", *args, f"run.dir={tmp_path / 'runs'}"])
+    code = main(["run", *args, "pipeline=align", f"run.dir={tmp_path / 'runs'}"])
     err = capsys.readouterr().err.strip().splitlines()
     return code, err[-1] if err else ""
 

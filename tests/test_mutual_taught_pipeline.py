@@ -1,4 +1,4 @@
-"""The default pipeline end to end on a tiny model: pretrain → sft → reward → mutual_taught → evaluate, then the
+"""The `align` pipeline end to end on a tiny model: pretrain → sft → reward → mutual_taught → evaluate, then the
 frozen-RM ablation from one override (only the changed stage and those after it rerun)."""
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ SMALL_ALIGNMENT = [
 
 
 @pytest.mark.slow
-def test_default_pipeline_runs_rounds_and_the_frozen_ablation(tmp_path):
-    args = ["run", f"run.dir={tmp_path}", "run.name=mt", *TINY_OVERRIDES, *SMALL_ALIGNMENT]
+def test_align_pipeline_runs_rounds_and_the_frozen_ablation(tmp_path):
+    args = ["run", f"run.dir={tmp_path}", "run.name=mt", "pipeline=align", *TINY_OVERRIDES, *SMALL_ALIGNMENT]
     assert main(args) == 0
     run_dir = tmp_path / "mt"
     done = json.loads((run_dir / "state.json").read_text())["done"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from lightning_align.cli import main
+from lightning_align.cli import PACKAGE_CONF, main
 from tests.conftest import PRETRAIN_EVALUATE, TINY_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,3 +86,20 @@ def test_reloaded_stage_model_gives_same_logits_as_next_stage_input(tmp_path):
     ids = torch.randint(3, 300, (1, 12))
     with torch.no_grad():
         assert torch.equal(a(ids).logits, b(ids).logits)
+
+
+def test_default_pipeline_composes_all_three_methods(tmp_path):
+    """The packaged default runs enlarge → prune → recover → evaluate → sft → reward → mutual_taught → evaluate_policy,
+    one LR curve over the first three, and validates as a whole before any work."""
+    from lightning_align.pipeline import MultiStageTrainer
+    from lightning_align.run_config import compose
+
+    cfg = compose(PACKAGE_CONF, "config", [f"run.dir={tmp_path}"])
+    trainer = MultiStageTrainer(cfg)
+    assert [s.name for s in trainer.stages] == ["enlarge", "prune", "recover", "evaluate", "sft", "reward",
+                                                "mutual_taught", "evaluate_policy"]
+    widths = [s.config["model"]["init_args"]["model"].get("intermediate_size") for s in trainer.stages[:1]]
+    assert widths[0] > cfg.model.intermediate_size, "the first stage trains an enlarged FFN"
+    mt = trainer.stages[6].config["model"]["init_args"]
+    assert mt["model"]["path"] == str(tmp_path / "default" / "sft") and mt["reward_model"] == str(tmp_path / "default" / "reward")
+    assert not any(tmp_path.iterdir()), "planning writes nothing"
