@@ -1,16 +1,14 @@
 """Packed next-token data for causal-LM stages, tokenized with the stage model's own tokenizer."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import torch
 from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
 from torch.utils.data import DataLoader
 
 from lightning_align.data.corpus import EMBEDDED, load_texts, split_texts
+from lightning_align.data.loaders import check_source, seeded_loader
 from lightning_align.data.packing import pack_blocks
-from lightning_align.errors import ConfigError
 
 
 class LMDataModule(L.LightningDataModule):
@@ -23,8 +21,7 @@ class LMDataModule(L.LightningDataModule):
     def __init__(self, corpus: str = EMBEDDED, block_size: PositiveInt = 128, batch_size: PositiveInt = 16,
                  val_fraction: OpenUnitInterval = 0.1, seed: int = 0, num_workers: NonNegativeInt = 0) -> None:
         super().__init__()
-        if corpus != EMBEDDED and not Path(corpus).is_file():
-            raise ConfigError("data.init_args.corpus", f"file '{corpus}' not found")
+        check_source(corpus, EMBEDDED, "data.init_args.corpus")
         self.corpus, self.block_size, self.batch_size = corpus, block_size, batch_size
         self.val_fraction, self.seed, self.num_workers = val_fraction, seed, num_workers
         self.train_blocks: torch.Tensor | None = None
@@ -40,9 +37,8 @@ class LMDataModule(L.LightningDataModule):
         self.val_blocks = pack_blocks(encode(val), self.block_size, tokenizer.eos_token_id)
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_blocks, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          generator=generator, num_workers=self.num_workers)
+        return seeded_loader(self.train_blocks, self.batch_size, True, self.seed, drop_last=True,
+                             num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_blocks, batch_size=self.batch_size, num_workers=self.num_workers)

@@ -7,7 +7,6 @@ as [B] tensors under the same name.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
@@ -19,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_align.data.gold_task import preference_records
 from lightning_align.data.jsonl import read_jsonl
-from lightning_align.errors import ConfigError
+from lightning_align.data.loaders import check_source, seeded_loader
 
 GOLD = "gold"
 PAIR_KEYS = {"prompt": str, "chosen": str, "rejected": str}
@@ -124,8 +123,7 @@ class PreferenceDataModule(L.LightningDataModule):
     def __init__(self, path: str = GOLD, num_pairs: PositiveInt = 512, val_fraction: OpenUnitInterval = 0.1,
                  batch_size: PositiveInt = 16, max_length: PositiveInt = 64, seed: int = 0) -> None:
         super().__init__()
-        if path != GOLD and not Path(path).is_file():
-            raise ConfigError("data.path", f"file '{path}' not found (use a JSONL file or \"gold\")")
+        check_source(path, GOLD)
         self.path, self.num_pairs, self.val_fraction = path, num_pairs, val_fraction
         self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
         self.train_set: PairSlots | None = None
@@ -143,9 +141,8 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         tokenizer = self.trainer.lightning_module.tokenizer
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
-                          generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-                          collate_fn=lambda records: collate_pairs(tokenizer, records, self.max_length))
+        return seeded_loader(dataset, self.batch_size, shuffle, self.seed,
+                             lambda records: collate_pairs(tokenizer, records, self.max_length))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -1,17 +1,16 @@
 """Prompts of the Mutual-Taught stage, split once, and the slots each round's E-step pairs are trained from."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from jsonargparse.typing import PositiveInt
 from torch.utils.data import DataLoader
 
 from lightning_align.algorithms.mutual_taught import PromptSplits, split_prompts
 from lightning_align.data.gold_task import task_prompts
 from lightning_align.data.jsonl import read_jsonl
+from lightning_align.data.loaders import check_source, seeded_loader
 from lightning_align.data.preference import GOLD, PairSlots, collate_pairs
 from lightning_align.errors import ConfigError, DataError
 
@@ -29,8 +28,7 @@ class RoundPromptsDataModule(L.LightningDataModule):
                  selection_prompts: PositiveInt = 48, batch_size: PositiveInt = 8, max_length: PositiveInt = 64,
                  seed: int = 0) -> None:
         super().__init__()
-        if prompts != GOLD and not Path(prompts).is_file():
-            raise ConfigError("data.prompts", f"file '{prompts}' not found (use a JSONL file or \"gold\")")
+        check_source(prompts, GOLD, "data.init_args.prompts")
         self.prompts, self.policy_prompts, self.reward_prompts = prompts, policy_prompts, reward_prompts
         self.selection_prompts, self.batch_size, self.max_length, self.seed = \
             selection_prompts, batch_size, max_length, seed
@@ -60,6 +58,5 @@ class RoundPromptsDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         tokenizer = self.trainer.lightning_module.tokenizer
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
-                          generator=torch.Generator().manual_seed(self.seed),
-                          collate_fn=lambda records: collate_pairs(tokenizer, records, self.max_length))
+        return seeded_loader(self.train_set, self.batch_size, True, self.seed,
+                             lambda records: collate_pairs(tokenizer, records, self.max_length))

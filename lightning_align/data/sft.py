@@ -1,19 +1,17 @@
 """Supervised {"prompt","response"} records for the `sft` stage: the loss counts response tokens only."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from jsonargparse.typing import OpenUnitInterval, PositiveInt
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_align.data.gold_task import sft_records
 from lightning_align.data.jsonl import read_jsonl
+from lightning_align.data.loaders import check_source, seeded_loader
 from lightning_align.data.preference import GOLD, encode_pairs, split_records
-from lightning_align.errors import ConfigError
 
 
 def collate_sft(tokenizer: Any, records: list[dict[str, str]], max_length: int) -> dict[str, Tensor]:
@@ -28,8 +26,7 @@ class SFTDataModule(L.LightningDataModule):
     def __init__(self, path: str = GOLD, num_records: PositiveInt = 1024, val_fraction: OpenUnitInterval = 0.1,
                  batch_size: PositiveInt = 16, max_length: PositiveInt = 64, seed: int = 0) -> None:
         super().__init__()
-        if path != GOLD and not Path(path).is_file():
-            raise ConfigError("data.path", f"file '{path}' not found (use a JSONL file or \"gold\")")
+        check_source(path, GOLD)
         self.path, self.num_records, self.val_fraction = path, num_records, val_fraction
         self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
         self.train_records: list[dict[str, str]] | None = None
@@ -43,9 +40,8 @@ class SFTDataModule(L.LightningDataModule):
 
     def _loader(self, records: list[dict[str, str]], shuffle: bool) -> DataLoader:
         tokenizer = self.trainer.lightning_module.tokenizer
-        return DataLoader(records, batch_size=self.batch_size, shuffle=shuffle,
-                          generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-                          collate_fn=lambda batch: collate_sft(tokenizer, batch, self.max_length))
+        return seeded_loader(records, self.batch_size, shuffle, self.seed,
+                             lambda batch: collate_sft(tokenizer, batch, self.max_length))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_records, shuffle=True)
