@@ -8,7 +8,7 @@ from lightning_align.algorithms.sampling import SamplingConfig
 from lightning_align.callbacks.gold_round_metrics import GoldRoundMetrics
 from lightning_align.callbacks.preference_refresh import PreferenceRefresh
 from lightning_align.callbacks.reward_refresh import RewardRefresh
-from lightning_align.data.round_prompts import RoundPromptsDataModule
+from lightning_align.modules.round_prompts import RoundPromptsDataModule
 from lightning_align.errors import ConfigError
 from lightning_align.models.spec import ModelSpec
 from lightning_align.modules.optim import OptimConfig
