@@ -55,7 +55,7 @@ class RewardRefresh(L.Callback):
         reward_model = pl_module.load_base_reward_model().to(pl_module.device)
         reward_model.requires_grad_(True)
         with torch.enable_grad():
-            stats = fit_reward_model(reward_model, tokenizer, pairs + e_pairs, self.fit)
+            stats = fit_reward_model(reward_model, tokenizer, pairs + e_pairs, self.fit, pl_module.max_length)
         reward_model.requires_grad_(False)
         pl_module.reward_model = reward_model
         self.refreshed += 1

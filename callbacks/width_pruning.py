@@ -9,25 +9,35 @@ are masked, so parameter and Adam-moment shapes never change; when training ends
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
 
 from lightning_align.algorithms.width_pruner import Scope, WidthPruner, cubic_width
 from lightning_align.errors import ConfigError
-from lightning_align.models.mlp_width import mlp_modules, slice_mlp_widths
+from lightning_align.models.mlp_width import mlp_modules, mlp_widths, slice_mlp_widths
 
 log = logging.getLogger(__name__)
 
 
 class GradualWidthPruning(pl.Callback):
-    """Sensitivity EMA every step, cubic pruning every `every_n_steps`, surgery in `on_train_end`."""
+    """Sensitivity EMA every step, cubic pruning every `every_n_steps`, surgery in `on_train_end`.
 
-    def __init__(self, target_width: int, start_step: int, end_step: int, every_n_steps: int = 1,
-                 beta: float = 0.85, scope: Scope = "layer", min_width: int = 1) -> None:
-        if target_width <= 0:
+    The target is an absolute `target_width` (the tiny default: the width the enlarged model is pruned back to) or
+    `target_ratio`, a share of the incoming width (a pretrained model's width is only known once it is loaded).
+    """
+
+    def __init__(self, start_step: int, end_step: int, target_width: Optional[int] = None,
+                 target_ratio: Optional[float] = None, every_n_steps: int = 1, beta: float = 0.85,
+                 scope: Scope = "layer", min_width: int = 1) -> None:
+        if (target_width is None) == (target_ratio is None):
+            raise ConfigError("callbacks.GradualWidthPruning.target_width", "give exactly one of target_width "
+                              f"and target_ratio, got {target_width} and {target_ratio}")
+        if target_width is not None and target_width <= 0:
             raise ConfigError("callbacks.GradualWidthPruning.target_width", f"must be positive, got {target_width}")
+        if target_ratio is not None and not 0 < target_ratio <= 1:
+            raise ConfigError("callbacks.GradualWidthPruning.target_ratio", f"must be in (0, 1], got {target_ratio}")
         if not 0 <= start_step < end_step:
             raise ConfigError("callbacks.GradualWidthPruning.end_step",
                               f"the window needs 0 <= start_step < end_step, got [{start_step}, {end_step})")
@@ -35,7 +45,8 @@ class GradualWidthPruning(pl.Callback):
             raise ConfigError("callbacks.GradualWidthPruning.every_n_steps", f"must be positive, got {every_n_steps}")
         if not 0.0 <= beta < 1.0:
             raise ConfigError("callbacks.GradualWidthPruning.beta", f"must be in [0, 1), got {beta}")
-        self.target_width, self.start_step, self.end_step = target_width, start_step, end_step
+        self.target_width, self.target_ratio = target_width, target_ratio
+        self.start_step, self.end_step = start_step, end_step
         self.every_n_steps, self.beta, self.scope, self.min_width = every_n_steps, beta, scope, min_width
         self.pruner: WidthPruner | None = None
         self._pending_state: dict[str, torch.Tensor] | None = None
@@ -43,6 +54,8 @@ class GradualWidthPruning(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or self.pruner is not None:
             return
+        if self.target_ratio is not None:
+            self.target_width = max(1, round(self.target_ratio * max(mlp_widths(pl_module.model), default=0)))
         try:
             self.pruner = WidthPruner(pl_module.model, self.target_width, self.beta, self.scope, self.min_width)
         except ValueError as error:

@@ -62,6 +62,10 @@ def _run(args: argparse.Namespace) -> None:
     for stage, metrics in results.items():
         shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
         print(f"  {stage}: {shown}")
+    done = trainer.state()["done"]
+    for stage in results:
+        for warning in done[stage].get("warnings", []):
+            print(f"\nWARNING [{stage}] {warning}")
     for stage in results:
         stage_report = trainer.run_dir / stage / "report.md"
         if stage_report.is_file():

@@ -80,4 +80,7 @@ def validate_dataclass(cls: type, values: dict[str, Any], key: str) -> Any:
         parsed = parser.parse_object({key: values})
     except Exception as err:  # jsonargparse raises argparse.ArgumentError or its own subclasses
         raise parser_error_to_config_error(err) from None
-    return parser.instantiate_classes(parsed)[key]
+    try:
+        return parser.instantiate_classes(parsed)[key]
+    except ConfigError as err:  # a dataclass's own consistency check names its field
+        raise ConfigError(f"{key}.{err.key}", err.problem, err.file) from None

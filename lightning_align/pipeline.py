@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from lightning_align.config import RunSection, validate_dataclass
 from lightning_align.errors import ConfigError
+from lightning_align.eval.divergence import divergence_warnings
 from lightning_align.eval.report import write_run_report
 from lightning_align.models.spec import ModelSpec
 from lightning_align.stages import ACTIONS, StageContext
@@ -48,9 +50,11 @@ class MultiStageTrainer:
     """Plans (validates every stage) before running any, then runs the stages that are not done yet."""
 
     def __init__(self, cfg: DictConfig | dict[str, Any]) -> None:
-        self.config: dict[str, Any] = (
-            OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
-        )
+        try:
+            self.config: dict[str, Any] = (OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+                                           if isinstance(cfg, DictConfig) else copy.deepcopy(cfg))
+        except MissingMandatoryValue as err:
+            raise ConfigError(str(err.full_key), "required but missing (give it as an override, e.g. key=value)") from None
         unknown = set(self.config) - TOP_LEVEL_KEYS
         if unknown:
             raise ConfigError(sorted(unknown)[0], f"unknown top-level key (expected {sorted(TOP_LEVEL_KEYS)})")
@@ -72,6 +76,9 @@ class MultiStageTrainer:
             if name not in declared:
                 raise ConfigError(f"pipeline.stages.{name}", f"no config under 'stages.{name}'")
             config = self._effective(name, declared[name], previous, ACTIONS[action].lightning)
+            start = (config.get("model") or {}).get("init_args", {}).get("model") if ACTIONS[action].lightning else None
+            if isinstance(start, dict):
+                validate_dataclass(ModelSpec, start, f"stages.{name}.model.init_args.model")
             ACTIONS[action].check(config, f"stages.{name}")
             contexts.append(StageContext(name, config, previous, self.run_dir / name, self.run_dir))
             previous = self.run_dir / name
@@ -101,17 +108,18 @@ class MultiStageTrainer:
                 data.setdefault("init_args", {}).setdefault(key, value)
         return config
 
-    def _state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
         path = self.run_dir / "state.json"
         return json.loads(path.read_text()) if path.is_file() else {"done": {}}
 
     def run(self) -> dict[str, dict[str, float]]:
-        """Run every stage not yet done with the same config; returns each stage's metrics."""
+        """Run every stage not yet done with the same config; returns each stage's metrics (the warnings of
+        each stage are in `state()`)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if is_rank_zero():
             OmegaConf.save(OmegaConf.create({**self.config, "stages": {c.name: c.config for c in self.stages}}),
                            self.run_dir / "config.yaml")
-        state = self._state()
+        state = self.state()
         rerun_rest = False
         for ctx in self.stages:
             done = state["done"].get(ctx.name)
@@ -123,7 +131,11 @@ class MultiStageTrainer:
             action = self.config["pipeline"]["stages"][ctx.name]
             log.info("stage %s (%s) -> %s", ctx.name, action, ctx.output_dir)
             metrics = ACTIONS[action].run(ctx)
-            state["done"][ctx.name] = {"config_hash": digest, "action": action, "metrics": metrics}
+            warnings = divergence_warnings(metrics)
+            for warning in warnings:
+                log.warning("WARNING stage %s: %s", ctx.name, warning)
+            state["done"][ctx.name] = {"config_hash": digest, "action": action, "metrics": metrics,
+                                       "warnings": warnings}
             _write_json(self.run_dir / "state.json", state)
         if is_rank_zero():
             write_run_report(self.run_dir, [c.name for c in self.stages])

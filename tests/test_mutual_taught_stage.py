@@ -33,7 +33,7 @@ def _run(tiny_lm_dir, rm_dir, rounds: int, tau: float = 0.0, refresh: bool = Tru
     data = RoundPromptsDataModule(policy_prompts=8, reward_prompts=8, selection_prompts=8, batch_size=4,
                                   max_length=32)
     callbacks = callbacks or [PreferenceRefresh(num_samples=3, sampling=SAMPLING, tau=tau, checkpoints=2),
-                              RewardRefresh(RewardFitConfig(epochs=1, batch_size=8, max_length=32), SAMPLING),
+                              RewardRefresh(RewardFitConfig(epochs=1, batch_size=8), SAMPLING),
                               GoldRoundMetrics(num_pairs=40, sampling=SAMPLING)]
     trainer = L.Trainer(max_epochs=rounds, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,

@@ -50,7 +50,7 @@ def test_reward_module_learns_pairs_and_export_reloads(tmp_path, tiny_lm_dir, to
 
 def test_fit_reward_model_loop_learns(tiny_lm_dir, tokenizer):
     rm = load_reward_model(ModelSpec(path=str(tiny_lm_dir)), tokenizer)
-    stats = fit_reward_model(rm, tokenizer, PAIRS, RewardFitConfig(epochs=8, lr=1e-2, batch_size=4))
+    stats = fit_reward_model(rm, tokenizer, PAIRS, RewardFitConfig(epochs=8, lr=1e-2, batch_size=4), 64)
     assert stats["accuracy"] == 1.0
     chosen, rejected = pair_rewards(rm, collate_pairs(tokenizer, PAIRS, 64))
     assert bool((chosen > rejected).all())

@@ -27,7 +27,6 @@ class RewardFitConfig:
     epochs: int = 1
     lr: float = 2e-4
     batch_size: int = 16
-    max_length: int = 64
     margin: Optional[float] = None
     seed: int = 0
 
@@ -40,8 +39,10 @@ def pair_rewards(model: PreTrainedModel, batch: dict[str, Tensor]) -> tuple[Tens
 
 
 def fit_reward_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[dict[str, Any]],
-                     config: RewardFitConfig) -> dict[str, float]:
-    """Train `model` in place with BT loss on `records`; returns the last epoch's mean loss and accuracy."""
+                     config: RewardFitConfig, max_length: int) -> dict[str, float]:
+    """Train `model` in place with BT loss on `records`; returns the last epoch's mean loss and accuracy.
+
+    `max_length` is the caller's (the policy's), so the RM is trained on pairs truncated as it will score them."""
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=0.0)
@@ -53,7 +54,7 @@ def fit_reward_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         rng.shuffle(order)
         losses, accuracies = [], []
         for start in range(0, len(order), config.batch_size):
-            batch = collate_pairs(tokenizer, order[start:start + config.batch_size], config.max_length)
+            batch = collate_pairs(tokenizer, order[start:start + config.batch_size], max_length)
             batch = {k: v.to(device) for k, v in batch.items()}
             loss, step_stats = bradley_terry_loss(*pair_rewards(model, batch), config.margin)
             optimizer.zero_grad(set_to_none=True)

@@ -95,6 +95,9 @@ def write_run_report(run_dir: str | Path, stages: list[str] | None = None) -> Pa
     for name in stages:
         for key, value in sorted(done[name]["metrics"].items()):
             lines.append(f"| {name} | {done[name]['action']} | {key} | {_fmt(value)} |")
+    warnings = [f"- **{name}**: {w}" for name in stages for w in done[name].get("warnings", [])]
+    if warnings:
+        lines += ["", "## Warnings", "", *warnings]
     plot = plot_train_loss(run_dir, stages)
     if plot is not None:
         lines += ["", f"![training loss]({plot.name})"]

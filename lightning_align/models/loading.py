@@ -25,7 +25,7 @@ def _model_dir(spec: ModelSpec) -> Path:
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     """The directory's own tokenizer, or the embedded BPE for a built model; always with a pad token."""
     if spec.path is None:
-        return embedded_tokenizer(spec.vocab_size)
+        return embedded_tokenizer(spec.built_sizes()["vocab_size"])
     tokenizer = AutoTokenizer.from_pretrained(_model_dir(spec), local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -45,14 +45,7 @@ def quantization_config(spec: ModelSpec) -> BitsAndBytesConfig | None:
 def build_llama(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
     """A freshly initialised LLaMA of the spec's sizes; the seed makes the initial weights reproducible."""
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        max_position_embeddings=spec.max_position_embeddings,
-        tie_word_embeddings=spec.tie_word_embeddings,
+        **{**spec.built_sizes(), "vocab_size": len(tokenizer)},
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

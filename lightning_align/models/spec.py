@@ -1,29 +1,56 @@
 """What model a stage starts from: a local Hugging Face directory, or a tiny LLaMA built from sizes."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Optional
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, Optional
 
 from jsonargparse.typing import PositiveInt
+from omegaconf import OmegaConf
+
+from lightning_align.errors import ConfigError
+
+SIZE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "max_position_embeddings", "tie_word_embeddings")
+# The embedded tiny default's sizes are declared once, in conf/model/tiny_llama.yaml; a built spec takes every size
+# it leaves unset from there, so a stage run alone builds the same model as the pipeline.
+BUILT_DEFAULTS: dict[str, Any] = {
+    key: value for key, value in OmegaConf.to_container(
+        OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / "tiny_llama.yaml")).items()
+    if key in SIZE_KEYS
+}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to load (`path`) or to build (the size fields, used only when `path` is None).
+    """A model to load (`path`) or to build (the size fields).
 
     The built model is a LLaMA-architecture `LlamaForCausalLM`; its tokenizer is a byte-level BPE trained on the
-    embedded corpus with `vocab_size` entries, so the size fields fully determine a reproducible model.
+    embedded corpus with `vocab_size` entries, so the size fields fully determine a reproducible model. A loaded
+    model keeps its own sizes: a spec with `path` and any size is refused, because the sizes would otherwise be
+    ignored silently (or, for a width target derived from them, destroy the pretrained model).
     """
 
     path: Optional[str] = None
-    vocab_size: PositiveInt = 2048
-    hidden_size: PositiveInt = 128
-    intermediate_size: PositiveInt = 344
-    num_hidden_layers: PositiveInt = 4
-    num_attention_heads: PositiveInt = 4
-    num_key_value_heads: PositiveInt = 4
-    max_position_embeddings: PositiveInt = 256
-    tie_word_embeddings: bool = False
+    vocab_size: Optional[PositiveInt] = None
+    hidden_size: Optional[PositiveInt] = None
+    intermediate_size: Optional[PositiveInt] = None
+    num_hidden_layers: Optional[PositiveInt] = None
+    num_attention_heads: Optional[PositiveInt] = None
+    num_key_value_heads: Optional[PositiveInt] = None
+    max_position_embeddings: Optional[PositiveInt] = None
+    tie_word_embeddings: Optional[bool] = None
     seed: int = 0
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     quantization: Optional[Literal["8bit", "4bit"]] = None
+
+    def __post_init__(self) -> None:
+        given = [f.name for f in fields(self) if f.name in SIZE_KEYS and getattr(self, f.name) is not None]
+        if self.path is not None and given:
+            raise ConfigError(given[0], f"sizes build a new model, but 'path' loads one that keeps its own sizes "
+                              f"(enlarging or reshaping a pretrained model is not supported); drop "
+                              f"{', '.join(given)} or use model=pretrained / pipeline=pretrained_*")
+
+    def built_sizes(self) -> dict[str, Any]:
+        """Every size of the model to build: the spec's own, and the tiny default's where it sets none."""
+        return {key: BUILT_DEFAULTS[key] if getattr(self, key) is None else getattr(self, key) for key in SIZE_KEYS}

@@ -5,7 +5,8 @@ import copy
 import importlib
 import warnings
 import inspect
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
@@ -16,11 +17,17 @@ from lightning_align.stages.context import StageContext
 
 
 class StageCLI(LightningCLI):
-    """LightningCLI over any LightningModule / LightningDataModule given by `class_path` (subclass mode)."""
+    """LightningCLI over any LightningModule / LightningDataModule given by `class_path` (subclass mode).
+
+    Run alone (`run=True`), a stage leaves what it leaves in a pipeline: `fit` exports the trained model as a Hugging
+    Face directory (`--export_dir`, default `<log dir>/model`), and Lightning's own `.ckpt` files are off unless
+    `--trainer.enable_checkpointing=true` (for a pretrained model they are gigabytes of optimizer state nobody loads).
+    """
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
         # Lightning warns when `args` is given while sys.argv has arguments; here both come from our own CLI.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        self.standalone = run
         super().__init__(
             L.LightningModule,
             L.LightningDataModule,
@@ -31,8 +38,21 @@ class StageCLI(LightningCLI):
             save_config_callback=None,
             parser_kwargs={"exit_on_error": False},
             auto_configure_optimizers=False,
+            trainer_defaults={"enable_checkpointing": False},
             **kwargs,
         )
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        if self.standalone:  # inside a pipeline the stage directory is the export; the key would be ignored there
+            parser.add_argument("--export_dir", type=Optional[str], default=None,
+                                help="where `fit` writes the trained model (default: <log dir>/model)")
+
+    def after_fit(self) -> None:
+        out = self.config[self.subcommand].export_dir or Path(self.trainer.log_dir or ".") / "model"
+        if self.trainer.is_global_zero:
+            self.model.export(out, {"stage": "fit", "metrics": _metrics([dict(self.trainer.callback_metrics)])})
+            print(f"model: {out}")
+        self.trainer.strategy.barrier("export")
 
 
 class _ParseOnlyCLI(StageCLI):
