@@ -1,8 +1,8 @@
 """Data files read through `datasets` and normalised from TRL's dataset formats to the records our stages train on.
 
 Files: .jsonl, .json, .parquet, .csv, or a `save_to_disk` directory (of a DatasetDict, its `train` split); always
-read locally, never from the hub. The format is detected once per file from its columns (standard or
-conversational from the first row's value); every row is then checked against it, so a bad row raises `DataError`
+read locally, never from the hub. The format is detected once per file: the first of a task's formats whose
+columns the file has (most specific first), standard or conversational by the first row's value; every row is then checked against it, so a bad row raises `DataError`
 naming the file, the row and the format. Rows are numbered from 1 in file order; a JSON Lines file reports the
 row's line number instead (blank lines are skipped but counted). An empty file or dataset is an error: a stage
 trained on nothing would silently do nothing.
@@ -16,14 +16,13 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Iterator
 
 from lightning_align.errors import DataError
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 Message = dict[str, str]
-Prompt = Union[str, list[Message]]
 Row = dict[str, Any]
 
 
@@ -242,10 +241,15 @@ def _load_rows(path: Path) -> list[Row]:
     problem = source_problem(path)
     if problem is not None:
         raise DataError(path, problem)
+    if path.is_file() and path.suffix.lower() != ".parquet" and not _has_content(path):
+        raise DataError(path, "no records")
     import datasets  # imported on first read: it adds a second to every start of the CLI
 
     with _quiet(datasets):
-        table = _load_table(path, datasets)
+        try:
+            table = _load_table(path, datasets)
+        except Exception as err:  # datasets raises ValueError, StopIteration, IndexError, DatasetGenerationError...
+            raise _unreadable(path, err) from None
     if len(table) == 0:
         raise DataError(path, "no records")
     return table.to_list()
@@ -269,20 +273,15 @@ def _load_table(path: Path, datasets: Any) -> Any:
     if path.is_dir():
         saved = datasets.load_from_disk(str(path), keep_in_memory=True)
         return saved["train"] if isinstance(saved, datasets.DatasetDict) else saved
-    if path.suffix.lower() != ".parquet" and not _has_content(path):
-        raise DataError(path, "no records")
     with tempfile.TemporaryDirectory() as cache:
         kwargs: dict[str, Any] = {"keep_in_memory": True, "cache_dir": cache}
         suffix = path.suffix.lower()
-        try:
-            if suffix == ".parquet":
-                return datasets.Dataset.from_parquet(str(path), **kwargs)
-            if suffix == ".csv":
-                return datasets.Dataset.from_csv(str(path), features=_csv_text_columns(path, datasets),
-                                                 keep_default_na=False, **kwargs)
-            return datasets.Dataset.from_json(str(path), **kwargs)
-        except Exception as err:  # datasets raises ValueError, StopIteration, DatasetGenerationError, ...
-            raise _unreadable(path, err) from None
+        if suffix == ".parquet":
+            return datasets.Dataset.from_parquet(str(path), **kwargs)
+        if suffix == ".csv":
+            return datasets.Dataset.from_csv(str(path), features=_csv_text_columns(path, datasets),
+                                             keep_default_na=False, **kwargs)
+        return datasets.Dataset.from_json(str(path), **kwargs)
 
 
 def _has_content(path: Path) -> bool:
@@ -300,7 +299,7 @@ def _csv_text_columns(path: Path, datasets: Any) -> Any:
 
 
 def _unreadable(path: Path, err: Exception) -> DataError:
-    """Why `datasets` could not read a file: the first malformed JSON Lines line, no records, or its own reason."""
+    """Why `datasets` could not read a source: the first malformed JSON line, no records, or its own reason."""
     if path.suffix.lower() == ".jsonl":
         for number, line in _nonblank_lines(path):
             try:
@@ -311,12 +310,28 @@ def _unreadable(path: Path, err: Exception) -> DataError:
                 return DataError(path, "expected a JSON object", line=number)
     if path.suffix.lower() == ".json":
         try:
-            value = json.loads(path.read_text(encoding="utf-8"))
+            json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as bad:
             return DataError(path, f"malformed JSON ({bad.msg})", line=bad.lineno)
-        if value == []:
-            return DataError(path, "no records")
-    if path.suffix.lower() == ".csv" and len(_nonblank_lines(path)) < 2:
-        return DataError(path, "no records (a header only)")
+    if _known_empty(path):
+        return DataError(path, "no records")
     cause = err.__cause__ or err
     return DataError(path, f"cannot be read: {type(cause).__name__}: {cause}")
+
+
+def _known_empty(path: Path) -> bool:
+    """The empty sources `datasets` fails on instead of returning no rows."""
+    suffix = path.suffix.lower()
+    try:
+        if path.is_dir():
+            split = path if (path / "state.json").is_file() else path / "train"
+            return json.loads((split / "state.json").read_text(encoding="utf-8"))["_data_files"] == []
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_metadata(path).num_rows == 0
+        if suffix == ".json":
+            return json.loads(path.read_text(encoding="utf-8")) == []
+        return suffix == ".csv" and len(_nonblank_lines(path)) < 2
+    except (OSError, ValueError, KeyError):  # a corrupt source is reported with datasets' own reason
+        return False
