@@ -2,10 +2,10 @@
 
 Files: .jsonl, .json, .parquet, .csv, or a `save_to_disk` directory (of a DatasetDict, its `train` split); always
 read locally, never from the hub. The format is detected once per file: the first of a task's formats whose
-columns the file has (most specific first), standard or conversational by the first row's value; every row is then checked against it, so a bad row raises `DataError`
-naming the file, the row and the format. Rows are numbered from 1 in file order; a JSON Lines file reports the
-row's line number instead (blank lines are skipped but counted). An empty file or dataset is an error: a stage
-trained on nothing would silently do nothing.
+columns the file has (most specific first), standard or conversational by the first row's value. Every row is
+then checked against it, so a bad row raises `DataError` naming the file, the row and the format. Rows are
+numbered from 1 in file order; a JSON Lines file reports the row's line number instead (blank lines are skipped
+but counted). An empty file or dataset is an error: a stage trained on nothing would silently do nothing.
 
 A prompt P is a string or a conversation (list of {"role", "content"} messages; other message keys are dropped).
 """
