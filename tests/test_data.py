@@ -1,4 +1,4 @@
-"""Corpus loading, JSONL validation, splitting and packing."""
+"""Corpus loading, line-numbered JSONL errors, splitting and packing."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from lightning_align.data.corpus import embedded_texts, load_texts, split_texts
-from lightning_align.data.jsonl import read_jsonl
 from lightning_align.data.lm_datamodule import LMDataModule
 from lightning_align.data.packing import pack_blocks
+from lightning_align.data.records import read_texts
 from lightning_align.errors import ConfigError, DataError
 
 
@@ -17,17 +17,18 @@ def test_malformed_jsonl_line_is_named(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text(json.dumps({"text": "a"}) + "\n\n" + "{not json\n")
     with pytest.raises(DataError, match=r"c\.jsonl:3: malformed JSON"):
-        read_jsonl(path, {"text": str})
+        read_texts(path)
 
 
-@pytest.mark.parametrize("line, problem", [('{"txt": "a"}', "missing key 'text'"),
-                                           ('{"text": 3}', "key 'text' must be str"),
-                                           ("[1, 2]", "expected a JSON object")])
+@pytest.mark.parametrize("line, problem", [
+    ('{"txt": "a"}', "'text' is missing (standard language modeling format)"),
+    ('{"text": 3}', "'text' must be a string, got int (standard language modeling format)"),
+    ("[1, 2]", "expected a JSON object")])
 def test_bad_records(tmp_path, line, problem):
     path = tmp_path / "c.jsonl"
     path.write_text('{"text": "ok"}\n' + line + "\n")
     with pytest.raises(DataError) as err:
-        read_jsonl(path, {"text": str})
+        read_texts(path)
     assert str(err.value) == f"{path}:2: {problem}"
 
 

@@ -60,5 +60,5 @@ def test_malformed_record_names_file_and_line(tmp_path, tiny_lm_dir):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
     module = RewardModule(ModelSpec(path=str(tiny_lm_dir)))
-    with pytest.raises(DataError, match=r"bad.jsonl:2: missing key 'rejected'"):
+    with pytest.raises(DataError, match=r"bad.jsonl:2: 'rejected' is missing \(standard preference format\)"):
         _trainer(1).fit(module, datamodule=PreferenceDataModule(path=str(path)))

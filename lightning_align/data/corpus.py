@@ -1,13 +1,14 @@
-"""Text corpora: the English help text that ships with Python, or a user's .txt/.jsonl file."""
+"""Text corpora: the English help text that ships with Python, a user's .txt file, or a data file with `text`."""
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
-from lightning_align.data.jsonl import read_jsonl
+from lightning_align.data.records import SUFFIXES, read_texts
 from lightning_align.errors import DataError
 
 EMBEDDED = "embedded"
+CORPUS_SUFFIXES = (".txt", *SUFFIXES)
 
 
 def embedded_texts() -> list[str]:
@@ -21,16 +22,15 @@ def embedded_texts() -> list[str]:
 
 
 def load_texts(source: str) -> list[str]:
-    """Documents of a corpus: "embedded", a .txt file (blank-line separated paragraphs) or a .jsonl with "text"."""
+    """Documents of a corpus: "embedded", a .txt file (blank-line separated paragraphs) or a data file (.jsonl,
+    .json, .parquet, .csv, save_to_disk directory) with a `text` column."""
     if source == EMBEDDED:
         return embedded_texts()
     path = Path(source)
+    if path.suffix.lower() != ".txt":
+        return read_texts(path)
     if not path.is_file():
         raise DataError(path, "corpus file not found")
-    if path.suffix == ".jsonl":
-        return [record["text"] for record in read_jsonl(path, {"text": str})]
-    if path.suffix != ".txt":
-        raise DataError(path, "corpus must be 'embedded', a .txt or a .jsonl file")
     texts = [chunk.strip() for chunk in path.read_text(encoding="utf-8").split("\n\n") if chunk.strip()]
     if not texts:
         raise DataError(path, "corpus is empty")

@@ -6,13 +6,13 @@ import torch
 from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
 from torch.utils.data import DataLoader
 
-from lightning_align.data.corpus import EMBEDDED, load_texts, split_texts
+from lightning_align.data.corpus import CORPUS_SUFFIXES, EMBEDDED, load_texts, split_texts
 from lightning_align.data.loaders import check_source, seeded_loader
 from lightning_align.data.packing import pack_blocks
 
 
 class LMDataModule(L.LightningDataModule):
-    """Train/val blocks from a corpus ("embedded", .txt or .jsonl); documents are split before packing.
+    """Train/val blocks from a corpus ("embedded", .txt or a data file with `text`), split by document, then packed.
 
     The tokenizer is taken from the LightningModule in `setup`, so data and model can never disagree on it.
     Construction only checks arguments, so a pipeline can validate every stage before running any.
@@ -21,7 +21,7 @@ class LMDataModule(L.LightningDataModule):
     def __init__(self, corpus: str = EMBEDDED, block_size: PositiveInt = 128, batch_size: PositiveInt = 16,
                  val_fraction: OpenUnitInterval = 0.1, seed: int = 0, num_workers: NonNegativeInt = 0) -> None:
         super().__init__()
-        check_source(corpus, EMBEDDED, "data.init_args.corpus")
+        check_source(corpus, EMBEDDED, "data.init_args.corpus", CORPUS_SUFFIXES)
         self.corpus, self.block_size, self.batch_size = corpus, block_size, batch_size
         self.val_fraction, self.seed, self.num_workers = val_fraction, seed, num_workers
         self.train_blocks: torch.Tensor | None = None

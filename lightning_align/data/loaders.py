@@ -7,13 +7,21 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader
 
+from lightning_align.data.records import SUFFIXES, source_problem
 from lightning_align.errors import ConfigError
 
 
-def check_source(path: str, builtin: str, key: str = "data.init_args.path") -> None:
-    """A data source is the built-in name or an existing file; checked at construction, before any stage runs."""
-    if path != builtin and not Path(path).is_file():
-        raise ConfigError(key, f"file '{path}' not found (use a file or \"{builtin}\")")
+def check_source(path: str, builtin: str, key: str = "data.init_args.path",
+                 suffixes: tuple[str, ...] = SUFFIXES) -> None:
+    """A data source is the built-in name, a file with one of `suffixes` or a save_to_disk directory.
+
+    Checked at construction, from names alone, so a pipeline refuses a bad path before any stage runs.
+    """
+    if path == builtin:
+        return
+    problem = source_problem(Path(path), suffixes)
+    if problem is not None:
+        raise ConfigError(key, f"file '{path}' {problem} (the built-in source is \"{builtin}\")")
 
 
 def seeded_loader(dataset: Any, batch_size: int, shuffle: bool, seed: int,

@@ -17,11 +17,10 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
 from lightning_align.data.gold_task import preference_records
-from lightning_align.data.jsonl import read_jsonl
 from lightning_align.data.loaders import check_source, seeded_loader
+from lightning_align.data.records import read_pairs
 
 GOLD = "gold"
-PAIR_KEYS = {"prompt": str, "chosen": str, "rejected": str}
 
 
 def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -79,10 +78,10 @@ def collate_pairs(tokenizer: PreTrainedTokenizerBase, records: list[dict[str, An
 
 
 def load_pairs(path: str, num_pairs: int, seed: int) -> list[dict[str, Any]]:
-    """Pairs from a JSONL file (bad records raise DataError naming file and line) or the built-in gold task."""
+    """Pairs from the built-in gold task or a data file in a TRL preference format (see `data/records.py`)."""
     if path == GOLD:
         return preference_records(num_pairs, seed)
-    return read_jsonl(path, PAIR_KEYS)
+    return read_pairs(path)
 
 
 def split_records(records: list[dict[str, Any]], val_fraction: float,
@@ -114,7 +113,7 @@ class PairSlots(Dataset):
 
 
 class PreferenceDataModule(L.LightningDataModule):
-    """Train/val pairs for the reward and DPO stages: `path` is a JSONL file or "gold" (the built-in task).
+    """Train/val pairs for the reward and DPO stages: `path` is a data file (`data/records.py`) or "gold".
 
     The tokenizer is the LightningModule's; if the module has `annotate(records)` (DPO: reference log-probs, computed
     once without grad), it runs on every record at setup.

@@ -9,9 +9,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_align.data.gold_task import sft_records
-from lightning_align.data.jsonl import read_jsonl
 from lightning_align.data.loaders import check_source, seeded_loader
 from lightning_align.data.preference import GOLD, encode_pairs, split_records
+from lightning_align.data.records import read_sft
 
 
 def collate_sft(tokenizer: Any, records: list[dict[str, str]], max_length: int) -> dict[str, Tensor]:
@@ -21,7 +21,7 @@ def collate_sft(tokenizer: Any, records: list[dict[str, str]], max_length: int) 
 
 
 class SFTDataModule(L.LightningDataModule):
-    """`path`: a JSONL file of {"prompt","response"} (bad records raise DataError with file and line) or "gold"."""
+    """`path`: "gold" or a data file in a TRL SFT format: prompt-completion, messages or text (`data/records.py`)."""
 
     def __init__(self, path: str = GOLD, num_records: PositiveInt = 1024, val_fraction: OpenUnitInterval = 0.1,
                  batch_size: PositiveInt = 16, max_length: PositiveInt = 64, seed: int = 0) -> None:
@@ -29,13 +29,13 @@ class SFTDataModule(L.LightningDataModule):
         check_source(path, GOLD)
         self.path, self.num_records, self.val_fraction = path, num_records, val_fraction
         self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
-        self.train_records: list[dict[str, str]] | None = None
-        self.val_records: list[dict[str, str]] = []
+        self.train_records: list[dict[str, Any]] | None = None
+        self.val_records: list[dict[str, Any]] = []
 
     def setup(self, stage: str) -> None:
         if self.train_records is None:
             records = (sft_records(self.num_records, self.seed) if self.path == GOLD
-                       else read_jsonl(self.path, {"prompt": str, "response": str}))
+                       else read_sft(self.path))
             self.train_records, self.val_records = split_records(records, self.val_fraction, self.seed)
 
     def _loader(self, records: list[dict[str, str]], shuffle: bool) -> DataLoader:

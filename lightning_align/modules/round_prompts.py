@@ -9,14 +9,15 @@ from torch.utils.data import DataLoader
 
 from lightning_align.algorithms.mutual_taught import PromptSplits, split_prompts
 from lightning_align.data.gold_task import task_prompts
-from lightning_align.data.jsonl import read_jsonl
 from lightning_align.data.loaders import check_source, seeded_loader
 from lightning_align.data.preference import GOLD, PairSlots, collate_pairs
+from lightning_align.data.records import read_prompts
 from lightning_align.errors import ConfigError, DataError
 
 
 class RoundPromptsDataModule(L.LightningDataModule):
-    """`prompts`: a JSONL file of {"prompt"} records or "gold" (the built-in task, which also enables gold metrics).
+    """`prompts`: a data file with a `prompt` or `messages` column (`data/records.py`) or "gold" (the built-in
+    task, which also enables gold metrics).
 
     The number of rounds is `trainer.max_epochs` (one epoch per round), so the splits are cut in `setup`: one policy
     split of `policy_prompts` per round, `reward_prompts` for the M-step, `selection_prompts` held out for
@@ -43,7 +44,7 @@ class RoundPromptsDataModule(L.LightningDataModule):
             raise ConfigError("trainer.max_epochs", "set it to the number of Mutual-Taught rounds (>= 1)")
         needed = rounds * self.policy_prompts + self.reward_prompts + self.selection_prompts
         prompts = (task_prompts(needed, self.seed) if self.prompts == GOLD
-                   else [r["prompt"] for r in read_jsonl(self.prompts, {"prompt": str})])
+                   else [r["prompt"] for r in read_prompts(self.prompts)])
         try:
             self.splits = split_prompts(prompts, rounds, self.policy_prompts, self.reward_prompts,
                                         self.selection_prompts, self.seed)

@@ -22,7 +22,8 @@ from lightning_align.algorithms.block_pruner import BlockRunner, SearchResult, S
 from lightning_align.algorithms.layer_pruning import block_influence, layer_ppl
 from lightning_align.config import validate_dataclass
 from lightning_align.data.calibration import calibration_sets
-from lightning_align.data.corpus import EMBEDDED
+from lightning_align.data.corpus import CORPUS_SUFFIXES, EMBEDDED
+from lightning_align.data.loaders import check_source
 from lightning_align.errors import ConfigError
 from lightning_align.eval.latency import forward_latency_ms
 from lightning_align.eval.prune_report import Footprint, MethodRun, write_prune_report
@@ -37,9 +38,9 @@ METHODS = {"blockpruner": block_pruner, "layer-ppl": layer_ppl, "block-influence
 class PruneConfig:
     """One pruning run. Give exactly one stop rule: ``target_ratio`` (share of all parameters) or ``num_blocks``.
 
-    ``calibration`` is "embedded" or a .txt/.jsonl file. With ``val_fraction`` set only the held-out documents of
-    that corpus are used, split exactly as the training data (same ``val_fraction`` and ``seed``); ``None`` uses the
-    whole file. ``num_sequences`` blocks of ``block_size`` tokens go to the search and as many others to evaluation.
+    ``calibration`` is "embedded", a .txt file or a data file with a ``text`` column. With ``val_fraction`` set only
+    the held-out documents of that corpus are used, split exactly as the training data (same ``val_fraction`` and
+    ``seed``); ``None`` uses the whole file. ``num_sequences`` blocks of ``block_size`` tokens go to the search and as many others to evaluation.
     ``latency_threads`` pins torch's CPU threads while timing (None: leave torch's setting).
     ``compare`` also runs the two other methods for the report, each stopping once it has removed at least the
     parameter share the chosen method removed (whole layers may overshoot: that is the cost of coarser units).
@@ -83,8 +84,7 @@ def parse_config(values: dict[str, Any], where: str) -> PruneConfig:
             raise ConfigError("target_ratio", f"must be in (0, 1), got {cfg.target_ratio}")
         if cfg.num_blocks is not None and cfg.num_blocks < 1:
             raise ConfigError("num_blocks", f"must be at least 1, got {cfg.num_blocks}")
-        if cfg.calibration != EMBEDDED and not Path(cfg.calibration).is_file():
-            raise ConfigError("calibration", f"file '{cfg.calibration}' not found")
+        check_source(cfg.calibration, EMBEDDED, "calibration", CORPUS_SUFFIXES)
         if cfg.model is not None:
             check_model_dir(Path(cfg.model), cfg)
     return cfg
