@@ -27,3 +27,6 @@ class ModelSpec:
     seed: int = 0
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     quantization: Optional[Literal["8bit", "4bit"]] = None
+    chat_template: bool = True
+    """Encode prompts through the tokenizer's chat template (if it has one). False drops the template, e.g. to train
+    an instruct model on raw text; the saved tokenizer then has none either, so later stages follow."""
