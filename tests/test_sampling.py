@@ -1,18 +1,20 @@
+import pytest
 import torch
 
 from lightning_align.algorithms.sampling import SamplingConfig, sample_responses, sequence_logprobs
 from lightning_align.data.preference import (
     encode_pairs, encode_prompt, encode_response,
 )
+from lightning_align.errors import ConfigError
 
 GREEDY = SamplingConfig(max_new_tokens=8, temperature=0.0, batch_size=8)
 
 
-def _greedy_without_cache(model, ids: list[int], steps: int, eos: int) -> list[int]:
+def _greedy_without_cache(model, ids: list[int], steps: int, stops: tuple[int, ...]) -> list[int]:
     seq = list(ids)
     for _ in range(steps):
         token = int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax())
-        if token == eos:
+        if token in stops:
             break
         seq.append(token)
     return seq[len(ids):]
@@ -22,7 +24,7 @@ def test_cached_left_padded_greedy_equals_full_recompute(tiny_lm, tokenizer):
     prompts = ["the quick", "a class defines attributes and methods"]
     out = sample_responses(tiny_lm, tokenizer, prompts, 1, GREEDY, None)
     for prompt, (text,) in zip(prompts, out):
-        expected = _greedy_without_cache(tiny_lm, encode_prompt(tokenizer, prompt), 8, tokenizer.eos_token_id)
+        expected = _greedy_without_cache(tiny_lm, encode_prompt(tokenizer, prompt), 8, (tokenizer.eos_token_id,))
         assert text == tokenizer.decode(expected, skip_special_tokens=True)
 
 
@@ -31,9 +33,37 @@ def test_same_seed_same_samples_different_seed_differs(tiny_lm, tokenizer):
     draw = lambda seed: sample_responses(tiny_lm, tokenizer, ["the for", "raise"], 3, config,
                                          torch.Generator().manual_seed(seed))
     first = draw(1)
-    assert first == draw(1)
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    assert first == draw(1), "independent of the global RNG state"
+    assert torch.equal(torch.get_rng_state(), state), "the global RNG is left as it was"
     assert first != draw(2)
     assert len(first) == 2 and all(len(r) == 3 for r in first)
+
+
+def test_stops_at_every_eos_id_of_the_generation_config(tiny_lm, tokenizer):
+    prompt = "the quick"
+    free = _greedy_without_cache(tiny_lm, encode_prompt(tokenizer, prompt), 8, ())
+    first_seen = [i for i, t in enumerate(free) if t not in free[:i] and t != tokenizer.eos_token_id]
+    assert len(first_seen) >= 3, "the tiny model's greedy continuation must offer distinct tokens to stop at"
+    for i in first_seen[1:3]:
+        for eos_ids in ([free[i], tokenizer.eos_token_id], [tokenizer.eos_token_id, free[i]]):
+            tiny_lm.generation_config.eos_token_id = eos_ids
+            (text,), = sample_responses(tiny_lm, tokenizer, [prompt], 1, GREEDY, None)
+            assert text == tokenizer.decode(free[:i], skip_special_tokens=True)
+
+
+def test_prompt_and_response_fit_the_context(tiny_lm, tokenizer):
+    context = tiny_lm.config.max_position_embeddings
+    long_prompt = " ".join(["the quick brown fox jumps over the lazy dog"] * 12)
+    ids = encode_prompt(tokenizer, long_prompt)
+    assert len(ids) > context
+    (text,), = sample_responses(tiny_lm, tokenizer, [long_prompt], 1, GREEDY, None)
+    kept = ids[-(context - GREEDY.max_new_tokens):]
+    assert text == tokenizer.decode(_greedy_without_cache(tiny_lm, kept, 8, (tokenizer.eos_token_id,)),
+                                    skip_special_tokens=True), "the prompt loses tokens from the left"
+    with pytest.raises(ConfigError, match="sampling.max_new_tokens"):
+        sample_responses(tiny_lm, tokenizer, ["the"], 1, SamplingConfig(max_new_tokens=context, temperature=0), None)
 
 
 def test_top_p_near_zero_is_greedy(tiny_lm, tokenizer):

@@ -1,24 +1,32 @@
 """Sampling from a causal LM and scoring its responses: the one place every stage generates text.
 
-Generation is a plain KV-cached loop (not `generate`) so that every random draw goes through the caller's
-`torch.Generator`: the same seed gives the same samples regardless of global RNG state or batch composition order.
-Prompts are left-padded for generation; (prompt, response) pairs are right-padded for training and scoring.
+Generation is transformers' `generate` on left-padded prompts (each encoded by `encode_prompt`, so through the chat
+template when there is one); (prompt, response) pairs are right-padded for training and scoring. `generate` draws from
+the global RNG of the model's device, so each call forks it and seeds it from one draw of the caller's
+`torch.Generator`: the same seed gives the same samples whatever the global RNG state, which is left untouched.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lightning_align.data.preference import encode_pairs, encode_prompt, pad_id
+from lightning_align.data.preference import Prompt, encode_pairs, encode_prompt, pad_id
+from lightning_align.errors import ConfigError
 from lightning_align.models.reward_model import reward_scores
 
 
 @dataclass
 class SamplingConfig:
-    """How responses are drawn. temperature 0 means greedy; paper defaults (Mutual-Taught §5.1): 0.8 / 0.95."""
+    """How responses are drawn. temperature 0 means greedy; paper defaults (Mutual-Taught §5.1): 0.8 / 0.95.
+
+    Sampling is temperature + nucleus only (transformers' default top-k of 50 is switched off); other decoding
+    settings in the model's own `generation_config` still apply.
+    """
 
     max_new_tokens: int = 24
     temperature: float = 0.8
@@ -36,69 +44,85 @@ def _left_pad(seqs: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
-def _next_token(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> Tensor:
-    """Nucleus sampling (Holtzman et al. 2020): keep the smallest prefix of sorted tokens whose mass reaches top_p."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        mass_before = sorted_probs.cumsum(-1) - sorted_probs
-        sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+def stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every id that ends a response: the model's `generation_config.eos_token_id` (an int or a list, e.g. Llama-3's
+    end-of-text and end-of-turn) and the tokenizer's EOS."""
+    configured = model.generation_config.eos_token_id
+    ids = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+    eos = tokenizer.eos_token_id
+    return ids + [eos] if eos is not None and eos not in ids else ids
+
+
+def prompt_budget(model: PreTrainedModel, config: SamplingConfig) -> int | None:
+    """Most prompt tokens that leave room for `max_new_tokens` in the model's context (None: no known limit)."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is None:
+        return None
+    if config.max_new_tokens >= context:
+        raise ConfigError("sampling.max_new_tokens", f"{config.max_new_tokens} new tokens leave no room for a prompt "
+                          f"in the model's context of {context} tokens")
+    return context - config.max_new_tokens
+
+
+@contextmanager
+def _seeded(device: torch.device, generator: torch.Generator | None) -> Iterator[None]:
+    """Within the block, the RNG `generate` draws from (CPU, or the model's CUDA device) is seeded from `generator`;
+    afterwards it is as before. Without a generator the global RNG is used as is."""
+    if generator is None:
+        yield
+        return
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for d in cuda:
+            with torch.cuda.device(d):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def _decoding(config: SamplingConfig) -> dict[str, object]:
+    if config.temperature <= 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p, "top_k": 0}
 
 
 @torch.no_grad()
-def _generate_batch(
-    model: PreTrainedModel, prompt_ids: list[list[int]], eos: int, pad: int, config: SamplingConfig,
-    generator: torch.Generator | None,
-) -> list[list[int]]:
-    device = next(model.parameters()).device
-    ids, mask = _left_pad(prompt_ids, pad)
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
-    generated: list[Tensor] = []
-    next_pos = positions[:, -1:] + 1
-    for _ in range(config.max_new_tokens):
-        token = _next_token(out.logits[:, -1, :], config.temperature, config.top_p, generator)
-        token = token.masked_fill(finished, pad)
-        generated.append(token)
-        finished |= token == eos
-        if bool(finished.all()):
-            break
-        mask = torch.cat([mask, torch.ones_like(token)[:, None]], dim=1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos,
-                    past_key_values=out.past_key_values, use_cache=True)
-        next_pos = next_pos + 1
-    rows = torch.stack(generated, dim=1).tolist()
-    return [row[: row.index(eos)] if eos in row else row for row in rows]
-
-
 def sample_responses(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
+    prompts: Sequence[Prompt],
     num_samples: int,
     config: SamplingConfig,
     generator: torch.Generator | None,
 ) -> list[list[str]]:
-    """Draw `num_samples` responses per prompt; returns texts shaped [len(prompts)][num_samples] without EOS.
+    """Draw `num_samples` responses per prompt; returns texts shaped [len(prompts)][num_samples].
 
-    The model is put in eval mode for the duration and restored afterwards (dropout must not add noise the
-    generator does not control).
+    A response ends before the first of `stop_ids` and is decoded without special tokens. Prompt plus response fit
+    the model's context: a prompt longer than `prompt_budget` loses tokens from the left (as `encode_pairs` does in
+    training). The model is put in eval mode for the duration and restored afterwards (dropout must not add noise
+    the generator does not control).
     """
+    device = next(model.parameters()).device
+    stops, pad, budget = stop_ids(model, tokenizer), pad_id(tokenizer), prompt_budget(model, config)
+    flat = [encode_prompt(tokenizer, p) for p in prompts for _ in range(num_samples)]
+    if budget is not None:
+        flat = [ids[-budget:] for ids in flat]
     was_training = model.training
     model.eval()
-    flat = [encode_prompt(tokenizer, p) for p in prompts for _ in range(num_samples)]
     texts: list[str] = []
-    for start in range(0, len(flat), config.batch_size):
-        chunk = _generate_batch(model, flat[start:start + config.batch_size], tokenizer.eos_token_id,
-                                pad_id(tokenizer), config, generator)
-        texts.extend(tokenizer.decode(r, skip_special_tokens=True) for r in chunk)
-    model.train(was_training)
+    try:
+        with _seeded(device, generator):
+            for start in range(0, len(flat), config.batch_size):
+                ids, mask = _left_pad(flat[start:start + config.batch_size], pad)
+                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                     max_new_tokens=config.max_new_tokens, eos_token_id=stops or None, pad_token_id=pad,
+                                     **_decoding(config))
+                for row in out[:, ids.shape[1]:].tolist():
+                    end = next((i for i, token in enumerate(row) if token in stops), len(row))
+                    texts.append(tokenizer.decode(row[:end], skip_special_tokens=True))
+    finally:
+        model.train(was_training)
     return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
 
@@ -116,8 +140,8 @@ def sequence_logprobs(
 
 @torch.no_grad()
 def score_responses(
-    reward_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[str],
-    max_length: int, batch_size: int = 64,
+    reward_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt],
+    responses: Sequence[str], max_length: int, batch_size: int = 64,
 ) -> list[float]:
     """The reward model's scalar score of each (prompt, response), in eval mode, batched."""
     was_training = reward_model.training

@@ -3,11 +3,15 @@
 A batch holds chosen rows first and rejected rows second ([2B, T], right-padded), so a model scores both in one
 forward. Records may carry extra float fields (e.g. reference log-probs a policy computed once); they are batched
 as [B] tensors under the same name.
+
+Every path that encodes a prompt (SFT, DPO, RM scoring, sampling, evaluation) goes through `encode_prompt` /
+`encode_response` / `encode_pairs`, which apply the tokenizer's chat template when it has one.
 """
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+import warnings
+from typing import Any, Callable, Sequence, Union
 
 import lightning as L
 import torch
@@ -19,8 +23,10 @@ from transformers import PreTrainedTokenizerBase
 from lightning_align.data.gold_task import preference_records
 from lightning_align.data.loaders import check_source, seeded_loader
 from lightning_align.data.records import read_pairs
+from lightning_align.errors import ConfigError
 
 GOLD = "gold"
+Prompt = Union[str, list[dict[str, str]]]  # one user message, or chat messages {"role", "content"}
 
 
 def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -28,18 +34,69 @@ def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Prompt ids exactly as both generation and training see them (special tokens as the tokenizer adds them)."""
-    return tokenizer(prompt)["input_ids"]
+def _chat(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[dict[str, str]] | None:
+    """The messages to render through the chat template, or None when `prompt` is encoded as plain text.
+
+    Plain text: an empty prompt (language-modelling text), or any prompt when the tokenizer has no template. A list
+    of messages without a template is accepted only if it is one user message (the same as its text): joining a
+    longer conversation would invent a format the model never saw.
+    """
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}] if prompt and tokenizer.chat_template else None
+    if tokenizer.chat_template:
+        return list(prompt)
+    if len(prompt) == 1 and prompt[0].get("role") == "user":
+        return None
+    raise ConfigError("model.chat_template", f"a prompt of {len(prompt)} chat messages needs a chat template, but the "
+                      "tokenizer has none (or chat_template is false); use a model with a template or string prompts")
 
 
-def encode_response(tokenizer: PreTrainedTokenizerBase, response: str) -> list[int]:
-    """Response ids followed by EOS, so training teaches the model where to stop (and the RM reads the EOS state)."""
+def _plain_text(prompt: Prompt) -> str:
+    return prompt if isinstance(prompt, str) else prompt[0]["content"]
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:
+    """Prompt ids exactly as generation, training and scoring all see them.
+
+    With a chat template the prompt is rendered with the generation prompt (the assistant header) and tokenized
+    without the tokenizer's own special tokens, so a template that writes BOS itself gets exactly one; if the template
+    writes none but the tokenizer adds one to plain text, that one BOS is put in front. Without a template (or for an
+    empty prompt) the text is tokenized as is, special tokens as the tokenizer adds them.
+    """
+    messages = _chat(tokenizer, prompt)
+    if messages is None:
+        return tokenizer(_plain_text(prompt))["input_ids"]
+    ids = tokenizer(_render(tokenizer, messages, True), add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and ids[:1] != [bos] and tokenizer("")["input_ids"][:1] == [bos]:
+        ids = [bos] + ids
+    return ids
+
+
+def encode_response(tokenizer: PreTrainedTokenizerBase, response: str, prompt: Prompt = "") -> list[int]:
+    """Response ids ending where the model must learn to stop (and where the RM reads its score).
+
+    With a chat template (and a non-empty `prompt`): the text the template writes for an assistant turn after the
+    rendered generation prompt, i.e. the (possibly template-trimmed) content followed by the template's end of turn
+    (`<|im_end|>` and a newline for ChatML). If rendering [prompt, answer] does not start with the rendered prompt
+    (a template that rewrites earlier turns), or without a template, the response text is followed by EOS.
+    """
+    messages = _chat(tokenizer, prompt)
+    if messages is not None:
+        head = _render(tokenizer, messages, True)
+        whole = _render(tokenizer, messages + [{"role": "assistant", "content": response}], False)
+        if whole.startswith(head):
+            return tokenizer(whole[len(head):], add_special_tokens=False)["input_ids"]
+        warnings.warn("the chat template does not extend the prompt with the answer; answers end with EOS instead")
     return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
 def encode_pairs(
-    tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[str], max_length: int
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], responses: Sequence[str], max_length: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Right-padded prompt+response batch: (input_ids, attention_mask, response_mask), each [B, T].
 
@@ -48,7 +105,7 @@ def encode_pairs(
     """
     rows, starts = [], []
     for prompt, response in zip(prompts, responses, strict=True):
-        p, r = encode_prompt(tokenizer, prompt), encode_response(tokenizer, response)
+        p, r = encode_prompt(tokenizer, prompt), encode_response(tokenizer, response, prompt)
         r = r[:max_length - 1]
         p = p[max(0, len(p) + len(r) - max_length):]
         rows.append(p + r)

@@ -23,12 +23,15 @@ def _model_dir(spec: ModelSpec) -> Path:
 
 
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
-    """The directory's own tokenizer, or the embedded BPE for a built model; always with a pad token."""
+    """The directory's own tokenizer, or the embedded BPE for a built model; always with a pad token, and without a
+    chat template when `spec.chat_template` is False (the embedded BPE has none)."""
     if spec.path is None:
         return embedded_tokenizer(spec.built_sizes()["vocab_size"])
     tokenizer = AutoTokenizer.from_pretrained(_model_dir(spec), local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if not spec.chat_template:
+        tokenizer.chat_template = None
     return tokenizer
 
 

@@ -43,6 +43,9 @@ class ModelSpec:
     seed: int = 0
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     quantization: Optional[Literal["8bit", "4bit"]] = None
+    chat_template: bool = True
+    """Encode prompts through the tokenizer's chat template (if it has one). False drops the template, e.g. to train
+    an instruct model on raw text; the saved tokenizer then has none either, so later stages follow."""
 
     def __post_init__(self) -> None:
         given = [f.name for f in fields(self) if f.name in SIZE_KEYS and getattr(self, f.name) is not None]
