@@ -97,9 +97,20 @@ def instantiate(config: dict[str, Any], where: str) -> StageCLI:
     try:
         return StageCLI(args=copy.deepcopy(config), run=False)
     except Exception as err:
+        _raise_wrapped_config_error(err, f"{where}.")
         if type(err).__module__.startswith(("argparse", "jsonargparse")):
             raise parser_error_to_config_error(err, prefix=f"{where}.") from None
         raise
+
+
+def _raise_wrapped_config_error(err: BaseException, prefix: str) -> None:
+    """jsonargparse wraps what a constructor raised (e.g. `ModelSpec`'s own checks) in its own error; the user
+    should see our one-line `ConfigError`, not the parser's account of every type it tried."""
+    cause = err.__cause__ or err.__context__
+    while cause is not None:
+        if isinstance(cause, ConfigError):
+            raise ConfigError(f"{prefix}{cause.key}", cause.problem, cause.file) from None
+        cause = cause.__cause__ or cause.__context__
 
 
 def _metrics(results: list[dict[str, float]]) -> dict[str, float]:
@@ -156,6 +167,7 @@ def run_lightning_cli(argv: list[str]) -> None:
     except ConfigError:
         raise
     except Exception as err:
+        _raise_wrapped_config_error(err, "")
         if type(err).__module__.startswith(("argparse", "jsonargparse")):
             raise parser_error_to_config_error(err, file=config_file) from None
         raise
