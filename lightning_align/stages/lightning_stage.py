@@ -11,7 +11,7 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-from lightning_align.config import parser_error_to_config_error
+from lightning_align.config import RunSection, parser_error_to_config_error
 from lightning_align.errors import ConfigError
 from lightning_align.stages.context import StageContext
 
@@ -22,6 +22,8 @@ class StageCLI(LightningCLI):
     Run alone (`run=True`), a stage leaves what it leaves in a pipeline: `fit` exports the trained model as a Hugging
     Face directory (`--export_dir`, default `<log dir>/model`), and Lightning's own `.ckpt` files are off unless
     `--trainer.enable_checkpointing=true` (for a pretrained model they are gigabytes of optimizer state nobody loads).
+    Without `seed_everything` a stage is seeded like a pipeline stage under the default `run.seed`, so it is
+    deterministic alone too; the stage files leave the seed to the run.
     """
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
@@ -39,6 +41,7 @@ class StageCLI(LightningCLI):
             parser_kwargs={"exit_on_error": False},
             auto_configure_optimizers=False,
             trainer_defaults={"enable_checkpointing": False},
+            seed_everything_default=RunSection.seed,
             **kwargs,
         )
 

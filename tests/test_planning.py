@@ -1,0 +1,30 @@
+"""Planning fills every stage from one source per value and refuses, before any stage runs, what cannot work."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from lightning_align.cli import PACKAGE_CONF, main
+from lightning_align.pipeline import MultiStageTrainer
+from lightning_align.run_config import compose
+
+
+def _plan(tmp_path, *overrides: str) -> MultiStageTrainer:
+    return MultiStageTrainer(compose(PACKAGE_CONF, "config", [f"run.dir={tmp_path}", *overrides]))
+
+
+def _seeds(trainer: MultiStageTrainer) -> dict[str, int]:
+    return {ctx.name: ctx.config["seed_everything"] for ctx in trainer.stages if "seed_everything" in ctx.config}
+
+
+def test_run_seed_reaches_every_lightning_stage_and_a_stage_may_override_it(tmp_path):
+    default = _seeds(_plan(tmp_path))
+    assert len(default) == 8 and set(default.values()) == {42}
+    seeds = _seeds(_plan(tmp_path, "run.seed=7", "+stages.reward.seed_everything=3"))
+    assert seeds == {**{name: 7 for name in default}, "reward": 3}
+
+
+def test_a_stage_file_alone_is_seeded_like_the_default_run(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(PACKAGE_CONF / "stages" / "pretrain.yaml"), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["seed_everything"] == 42
