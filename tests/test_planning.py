@@ -28,3 +28,16 @@ def test_a_stage_file_alone_is_seeded_like_the_default_run(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(PACKAGE_CONF / "stages" / "pretrain.yaml"), "--print_config"])
     assert yaml.safe_load(capsys.readouterr().out)["seed_everything"] == 42
+
+
+def test_test_and_predict_are_not_offered(tmp_path, capsys):
+    assert main(["run", f"run.dir={tmp_path}", "pipeline=align", "pipeline.stages.evaluate=test"]) == 2
+    assert "'pipeline.stages.evaluate': unknown action 'test'" in capsys.readouterr().err
+    assert not tmp_path.joinpath("default").exists()
+    for command in ("test", "predict"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--config", str(PACKAGE_CONF / "stages" / "evaluate.yaml")])
+        assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "{run,fit,validate,report,prune}" in capsys.readouterr().out

@@ -154,16 +154,8 @@ def validate(ctx: StageContext) -> dict[str, float]:
     return metrics
 
 
-def test(ctx: StageContext) -> dict[str, float]:
-    """Test-set metrics of the incoming model; the model is passed on unchanged."""
-    cli = instantiate(ctx.config, f"stages.{ctx.name}")
-    metrics = _metrics(cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False))
-    _export(cli, ctx, metrics)
-    return metrics
-
-
 def run_lightning_cli(argv: list[str]) -> None:
-    """`lightning-align fit|validate|test|predict ...`: Lightning's CLI, with config errors as `ConfigError`."""
+    """`lightning-align fit|validate ...`: Lightning's CLI, with config errors as `ConfigError`."""
     config_file = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")), None)
     try:
         StageCLI(args=argv, run=True)
