@@ -33,7 +33,7 @@ class GoldRoundMetrics(L.Callback):
     def __init__(self, num_pairs: int = 512, val_fraction: float = 0.1, seed: int = 0, fresh_samples: int = 4,
                  sampling: SamplingConfig = SamplingConfig()) -> None:
         if fresh_samples < 2:
-            raise ConfigError("GoldRoundMetrics.fresh_samples", "needs at least 2 samples per prompt to form pairs")
+            raise ConfigError("fresh_samples", "needs at least 2 samples per prompt to form pairs")
         self.num_pairs, self.val_fraction, self.seed, self.sampling = num_pairs, val_fraction, seed, sampling
         self.fresh_samples = fresh_samples
         self._initial: list[str] = []

@@ -7,6 +7,7 @@ import yaml
 from lightning_align.cli import PACKAGE_CONF, main
 from lightning_align.pipeline import MultiStageTrainer
 from lightning_align.run_config import compose
+from lightning_align.stages.lightning_stage import instantiate
 
 
 def _plan(tmp_path, *overrides: str) -> MultiStageTrainer:
@@ -41,3 +42,25 @@ def test_test_and_predict_are_not_offered(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "{run,fit,validate,report,prune}" in capsys.readouterr().out
+
+
+def test_a_shared_schedule_stage_trains_for_its_budget(tmp_path):
+    enlarge = _plan(tmp_path, "pipeline=enlarge_prune", "pipeline.schedule.budgets.enlarge=30").stages[0]
+    assert "max_steps" not in enlarge.config["trainer"], "the budget is the only place the step count is written"
+    assert instantiate(enlarge.config, "stages.enlarge").trainer.max_steps == 30
+
+
+@pytest.mark.parametrize("override, key, also", [
+    ("pipeline.schedule.budgets.enlarge=0", "stages.enlarge.trainer.callbacks.0.init_args.budgets.enlarge",
+     "positive integer"),
+    ("stages.prune.trainer.callbacks.0.init_args.end_step=0", "stages.prune.trainer.callbacks.0.init_args.end_step",
+     "start_step < end_step"),
+    ("stages.recover.trainer.callbacks.0.init_args.stage=sft", "stages.recover.trainer.callbacks.0.init_args.stage",
+     "no budget"),
+    ("+stages.prune.trainer.max_steps=50", "stages.prune.trainer.max_steps", "pipeline.schedule.budgets.prune"),
+])
+def test_callback_arguments_are_checked_at_planning(tmp_path, capsys, override, key, also):
+    assert main(["run", f"run.dir={tmp_path}", "pipeline=enlarge_prune", override]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: config key '{key}'") and also in line
+    assert not tmp_path.joinpath("default").exists(), "nothing may run before every stage is planned"

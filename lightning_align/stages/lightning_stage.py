@@ -14,6 +14,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning_align.config import RunSection, parser_error_to_config_error
 from lightning_align.errors import ConfigError
 from lightning_align.stages.context import StageContext
+from lightning_align.stages.trainer_args import build_callbacks, steps_from_schedule
 
 
 class StageCLI(LightningCLI):
@@ -50,6 +51,10 @@ class StageCLI(LightningCLI):
             parser.add_argument("--export_dir", type=Optional[str], default=None,
                                 help="where `fit` writes the trained model (default: <log dir>/model)")
 
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        steps_from_schedule(config.trainer, build_callbacks(config.trainer.callbacks))
+
     def after_fit(self) -> None:
         out = self.config[self.subcommand].export_dir or Path(self.trainer.log_dir or ".") / "model"
         if self.trainer.is_global_zero:
@@ -59,7 +64,7 @@ class StageCLI(LightningCLI):
 
 
 class _ParseOnlyCLI(StageCLI):
-    """Type-checks a stage config (unknown keys, types, ranges) without building anything."""
+    """Type-checks a stage config (unknown keys, types, ranges) and its callbacks' arguments; builds nothing else."""
 
     def instantiate_classes(self) -> None:
         return None
@@ -74,6 +79,7 @@ def check_stage_config(config: dict[str, Any], where: str, file: str | None = No
     try:
         _ParseOnlyCLI(args=copy.deepcopy(config), run=False)  # the parser turns nested class_path dicts into Namespaces
     except Exception as err:
+        _raise_wrapped_config_error(err, f"{where}.", file)
         raise parser_error_to_config_error(err, prefix=f"{where}.", file=file) from None
     data = config.get("data")
     if isinstance(data, dict) and "class_path" in data:
@@ -106,13 +112,14 @@ def instantiate(config: dict[str, Any], where: str) -> StageCLI:
         raise
 
 
-def _raise_wrapped_config_error(err: BaseException, prefix: str) -> None:
-    """jsonargparse wraps what a constructor raised (e.g. `ModelSpec`'s own checks) in its own error; the user
-    should see our one-line `ConfigError`, not the parser's account of every type it tried."""
-    cause = err.__cause__ or err.__context__
+def _raise_wrapped_config_error(err: BaseException, prefix: str, file: str | None = None) -> None:
+    """Re-raise a `ConfigError` under `prefix`, whether raised directly or wrapped by jsonargparse around what a
+    constructor raised (e.g. `ModelSpec`'s own checks): the user should see our one line, not the parser's account
+    of every type it tried."""
+    cause: BaseException | None = err
     while cause is not None:
         if isinstance(cause, ConfigError):
-            raise ConfigError(f"{prefix}{cause.key}", cause.problem, cause.file) from None
+            raise ConfigError(f"{prefix}{cause.key}", cause.problem, cause.file or file) from None
         cause = cause.__cause__ or cause.__context__
 
 
@@ -159,10 +166,8 @@ def run_lightning_cli(argv: list[str]) -> None:
     config_file = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")), None)
     try:
         StageCLI(args=argv, run=True)
-    except ConfigError:
-        raise
     except Exception as err:
-        _raise_wrapped_config_error(err, "")
+        _raise_wrapped_config_error(err, "", config_file)
         if type(err).__module__.startswith(("argparse", "jsonargparse")):
             raise parser_error_to_config_error(err, file=config_file) from None
         raise
