@@ -26,8 +26,12 @@ def save_model_dir(
     tokenizer: PreTrainedTokenizerBase | None,
     out_dir: str | Path,
     metadata: dict[str, Any] | None = None,
+    files: dict[str, str] | None = None,
 ) -> Path:
-    """Write to a temporary sibling, then rename: a crash never leaves a half-written directory behind."""
+    """Write to a temporary sibling, then rename: a crash never leaves a half-written directory behind.
+
+    `files` maps file names to text a stage hands on with its model (e.g. the reward model's held-out pairs).
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
@@ -41,6 +45,8 @@ def save_model_dir(
         if structure:
             metadata["structure"] = structure
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
