@@ -53,7 +53,7 @@ def overrides(pipeline: str, out: Path, total: int, quick: bool, batch_size: int
     if batch_size is not None:
         args += [f"stages.{stage}.data.init_args.batch_size={batch_size}" for stage in stages]
     if seed is not None:
-        args += [f"model.seed={seed}"] + [f"stages.{stage}.seed_everything={seed}" for stage in stages]
+        args += [f"model.seed={seed}", f"run.seed={seed}"]
     if quick:
         args += ["model.vocab_size=300", "model.hidden_size=32", "model.intermediate_size=32",
                  "model.num_hidden_layers=2", "model.num_attention_heads=2", "model.num_key_value_heads=2",

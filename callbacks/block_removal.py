@@ -35,12 +35,12 @@ class IterativeBlockRemoval(pl.Callback):
     def __init__(self, num_blocks: int, start_step: int, end_step: int, every_n_steps: int = 10,
                  calibration_batches: int = 2) -> None:
         if num_blocks <= 0:
-            raise ConfigError("callbacks.IterativeBlockRemoval.num_blocks", f"must be positive, got {num_blocks}")
+            raise ConfigError("num_blocks", f"must be positive, got {num_blocks}")
         if not 0 <= start_step < end_step:
-            raise ConfigError("callbacks.IterativeBlockRemoval.end_step",
+            raise ConfigError("end_step",
                               f"the window needs 0 <= start_step < end_step, got [{start_step}, {end_step})")
         if every_n_steps <= 0 or calibration_batches <= 0:
-            raise ConfigError("callbacks.IterativeBlockRemoval.every_n_steps",
+            raise ConfigError("every_n_steps",
                               "every_n_steps and calibration_batches must be positive")
         self.num_blocks, self.start_step, self.end_step = num_blocks, start_step, end_step
         self.every_n_steps = every_n_steps

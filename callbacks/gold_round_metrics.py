@@ -8,9 +8,10 @@ import lightning as L
 from lightning_align.algorithms.sampling import SamplingConfig, sample_responses, score_responses
 from lightning_align.callbacks.preference_refresh import round_generator
 from lightning_align.data.gold_task import gold_reward, gold_win_rate
-from lightning_align.data.preference import GOLD, load_pairs, split_records
+from lightning_align.data.preference import GOLD
 from lightning_align.errors import ConfigError
 from lightning_align.eval.round_report import round_table
+from lightning_align.modules.reward import HELDOUT_PAIRS, read_heldout_pairs
 
 log = logging.getLogger(__name__)
 EVAL_ROUND = 10_000  # generator "round" reserved for evaluation draws, identical every round
@@ -24,18 +25,17 @@ class GoldRoundMetrics(L.Callback):
     - `rm_prev_accuracy_fresh` / `rm_accuracy_fresh`: accuracy (vs gold) of r_{t-1} and r_t on fresh pairs: every
       two of `fresh_samples` π_t samples per prompt with different gold rewards — the distribution-shift point of
       the paper (all pairs of a prompt are used, to cut the variance of a small selection set);
-    - `rm_accuracy_heldout`: accuracy of r_t on the RM stage's held-out gold pairs (same `num_pairs`,
-      `val_fraction`, `seed` as that stage's data).
+    - `rm_accuracy_heldout`: accuracy of r_t on the pairs the reward stage held out, read from the r_0 directory
+      (`heldout_pairs.jsonl`, written by `RewardModule.export`); NaN with a warning if that directory has none.
     Must come last among the Mutual-Taught callbacks; logs `round/<name>` and fills the module's `rounds`. With a
     user's own prompts (no gold reward) it warns once and does nothing.
     """
 
-    def __init__(self, num_pairs: int = 512, val_fraction: float = 0.1, seed: int = 0, fresh_samples: int = 4,
-                 sampling: SamplingConfig = SamplingConfig()) -> None:
+    def __init__(self, seed: int = 0, fresh_samples: int = 4, sampling: SamplingConfig = SamplingConfig()) -> None:
         if fresh_samples < 2:
-            raise ConfigError("GoldRoundMetrics.fresh_samples", "needs at least 2 samples per prompt to form pairs")
-        self.num_pairs, self.val_fraction, self.seed, self.sampling = num_pairs, val_fraction, seed, sampling
-        self.fresh_samples = fresh_samples
+            raise ConfigError("fresh_samples", "needs at least 2 samples per prompt to form pairs")
+        self.seed, self.fresh_samples, self.sampling = seed, fresh_samples, sampling
+        self.heldout: list[dict[str, str]] = []
         self._initial: list[str] = []
         self._previous_rm = None
         self.enabled = True
@@ -47,6 +47,11 @@ class GoldRoundMetrics(L.Callback):
         if trainer.callbacks.index(self) != max(i for i, cb in enumerate(trainer.callbacks)
                                                 if type(cb).__module__.startswith("lightning_align")):
             raise ConfigError("trainer.callbacks", "GoldRoundMetrics must follow the other Mutual-Taught callbacks")
+        if self.enabled:
+            self.heldout = read_heldout_pairs(pl_module.reward_model_path) or []
+            if not self.heldout:
+                log.warning("GoldRoundMetrics: %s has no %s (the reward stage writes it); rm_accuracy_heldout is NaN",
+                            pl_module.reward_model_path, HELDOUT_PAIRS)
 
     def _responses(self, pl_module: L.LightningModule, prompts: list[str], k: int, purpose: int) -> list[list[str]]:
         return sample_responses(pl_module.model, pl_module.tokenizer, prompts, k, self.sampling,
@@ -74,14 +79,13 @@ class GoldRoundMetrics(L.Callback):
                     if gold_reward(a) != gold_reward(b):
                         chosen, rejected = (a, b) if gold_reward(a) > gold_reward(b) else (b, a)
                         fresh.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
-        _, heldout = split_records(load_pairs(GOLD, self.num_pairs, self.seed), self.val_fraction, self.seed)
         previous = self._previous_rm if self._previous_rm is not None else pl_module.reward_model
         return {
             "gold_reward": sum(map(gold_reward, responses)) / len(responses),
             "gold_win_rate": gold_win_rate(responses, self._initial),
             "rm_prev_accuracy_fresh": self._accuracy(pl_module, previous, fresh),
             "rm_accuracy_fresh": self._accuracy(pl_module, pl_module.reward_model, fresh),
-            "rm_accuracy_heldout": self._accuracy(pl_module, pl_module.reward_model, heldout),
+            "rm_accuracy_heldout": self._accuracy(pl_module, pl_module.reward_model, self.heldout),
             "fresh_pairs": float(len(fresh)),
         }
 

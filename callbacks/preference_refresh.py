@@ -30,7 +30,7 @@ class PreferenceRefresh(L.Callback):
     def __init__(self, num_samples: int = 4, sampling: SamplingConfig = SamplingConfig(), tau: float = 0.6,
                  checkpoints: int = 2, seed: int = 0) -> None:
         if num_samples < 2:
-            raise ConfigError("PreferenceRefresh.num_samples", "needs at least 2 samples per prompt to form a pair")
+            raise ConfigError("num_samples", "needs at least 2 samples per prompt to form a pair")
         self.num_samples, self.sampling, self.tau, self.checkpoints, self.seed = \
             num_samples, sampling, tau, checkpoints, seed
         self._start_state: dict[str, torch.Tensor] = {}

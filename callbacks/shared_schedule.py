@@ -26,7 +26,7 @@ class SharedSchedule(pl.Callback):
     def __init__(self, budgets: dict[str, int], stage: str, warmup_steps: int, min_lr_ratio: float = 0.1,
                  per_stage: bool = False) -> None:
         if stage not in budgets:
-            raise ConfigError("callbacks.SharedSchedule.stage", f"'{stage}' has no budget in {dict(budgets)}")
+            raise ConfigError("stage", f"'{stage}' has no budget in {dict(budgets)}")
         self.schedule = RunSchedule({stage: budgets[stage]} if per_stage else dict(budgets), warmup_steps, min_lr_ratio)
         self.stage = stage
         names = list(budgets)

@@ -32,19 +32,19 @@ class GradualWidthPruning(pl.Callback):
                  target_ratio: Optional[float] = None, every_n_steps: int = 1, beta: float = 0.85,
                  scope: Scope = "layer", min_width: int = 1) -> None:
         if (target_width is None) == (target_ratio is None):
-            raise ConfigError("callbacks.GradualWidthPruning.target_width", "give exactly one of target_width "
+            raise ConfigError("target_width", "give exactly one of target_width "
                               f"and target_ratio, got {target_width} and {target_ratio}")
         if target_width is not None and target_width <= 0:
-            raise ConfigError("callbacks.GradualWidthPruning.target_width", f"must be positive, got {target_width}")
+            raise ConfigError("target_width", f"must be positive, got {target_width}")
         if target_ratio is not None and not 0 < target_ratio <= 1:
-            raise ConfigError("callbacks.GradualWidthPruning.target_ratio", f"must be in (0, 1], got {target_ratio}")
+            raise ConfigError("target_ratio", f"must be in (0, 1], got {target_ratio}")
         if not 0 <= start_step < end_step:
-            raise ConfigError("callbacks.GradualWidthPruning.end_step",
+            raise ConfigError("end_step",
                               f"the window needs 0 <= start_step < end_step, got [{start_step}, {end_step})")
         if every_n_steps <= 0:
-            raise ConfigError("callbacks.GradualWidthPruning.every_n_steps", f"must be positive, got {every_n_steps}")
+            raise ConfigError("every_n_steps", f"must be positive, got {every_n_steps}")
         if not 0.0 <= beta < 1.0:
-            raise ConfigError("callbacks.GradualWidthPruning.beta", f"must be in [0, 1), got {beta}")
+            raise ConfigError("beta", f"must be in [0, 1), got {beta}")
         self.target_width, self.target_ratio = target_width, target_ratio
         self.start_step, self.end_step = start_step, end_step
         self.every_n_steps, self.beta, self.scope, self.min_width = every_n_steps, beta, scope, min_width
@@ -58,8 +58,8 @@ class GradualWidthPruning(pl.Callback):
             self.target_width = max(1, round(self.target_ratio * max(mlp_widths(pl_module.model), default=0)))
         try:
             self.pruner = WidthPruner(pl_module.model, self.target_width, self.beta, self.scope, self.min_width)
-        except ValueError as error:
-            raise ConfigError("callbacks.GradualWidthPruning", str(error)) from error
+        except ConfigError as error:
+            raise ConfigError(f"callbacks.GradualWidthPruning.{error.key}", error.problem) from None
         if self._pending_state is not None:
             self.pruner.load_state_dict(self._pending_state)
         self.pruner.attach()

@@ -1,7 +1,7 @@
 """`lightning-align`: a thin command line over the pipeline, Lightning's CLI and the report.
 
   run       compose conf/ with Hydra (plus overrides) and run the whole pipeline
-  fit|validate|test|predict   one stage through Lightning's CLI: --config conf/stages/<stage>.yaml [--key=value]
+  fit|validate   one stage through Lightning's CLI: --config conf/stages/<stage>.yaml [--key=value]
   report    rebuild report.md and plots of a run directory
   prune     BlockPruner (or a whole-layer baseline) on a local model directory, with a report
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lightning_align.errors import LightningAlignError
 
-LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_SUBCOMMANDS = ("fit", "validate")  # our modules have no test_step/predict_step
 PACKAGE_CONF = Path(__file__).parent / "conf"
 
 
@@ -26,9 +26,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Train, compress and align causal language models in one multi-stage run.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="One stage alone: lightning-align fit --config conf/stages/pretrain.yaml --trainer.max_steps=5\n"
-        "(fit/validate/test/predict take Lightning CLI arguments; see `lightning-align fit --help`).",
+        "(fit/validate take Lightning CLI arguments; see `lightning-align fit --help`).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,fit,validate,test,predict,report,prune}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,fit,validate,report,prune}")
     run = sub.add_parser("run", help="run the pipeline composed from conf/ (Hydra overrides as key=value)")
     run.add_argument("--config-path", type=Path, default=PACKAGE_CONF, help="config directory (default: packaged conf/)")
     run.add_argument("--config-name", default="config", help="primary config file name without .yaml")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lightning_align.errors import ConfigError
+from lightning_align.errors import ConfigError, DataError
 from lightning_align.models.checkpoint import load_pretrained, read_metadata, save_model_dir
 from lightning_align.models.loading import load_model, load_tokenizer
 from lightning_align.models.spec import ModelSpec
@@ -64,3 +64,9 @@ def test_8bit_loading_with_bitsandbytes(tiny_spec, tmp_path):
     with torch.no_grad():
         ref, got = model(ids).logits, quantized(ids).logits
     assert torch.nn.functional.cosine_similarity(ref.flatten(), got.flatten(), dim=0) > 0.99
+
+
+def test_a_directory_with_an_unknown_structure_is_a_data_error(tmp_path, tiny_lm):
+    out = save_model_dir(tiny_lm, None, tmp_path / "m", {"structure": {"removed_heads": [1]}})
+    with pytest.raises(DataError, match=r"lightning_align.json: unknown structure entries \['removed_heads'\]"):
+        load_pretrained(out)

@@ -24,8 +24,7 @@ SMALL_ALIGNMENT = [
     f"{MT}.trainer.callbacks.0.init_args.num_samples=3", f"{MT}.trainer.callbacks.0.init_args.tau=0.0",
     f"{MT}.trainer.callbacks.0.init_args.sampling={SAMPLING}",
     f"{MT}.trainer.callbacks.1.init_args.sampling={SAMPLING}",
-    f"{MT}.trainer.callbacks.1.init_args.fit.epochs=1", f"{MT}.trainer.callbacks.1.init_args.fit.max_length=32",
-    f"{MT}.trainer.callbacks.2.init_args.sampling={SAMPLING}", f"{MT}.trainer.callbacks.2.init_args.num_pairs=64",
+    f"{MT}.trainer.callbacks.1.init_args.fit.epochs=1", f"{MT}.trainer.callbacks.2.init_args.sampling={SAMPLING}",
 ]
 
 

@@ -8,6 +8,7 @@ from lightning_align.algorithms.sampling import SamplingConfig
 from lightning_align.callbacks.gold_round_metrics import GoldRoundMetrics
 from lightning_align.callbacks.preference_refresh import PreferenceRefresh
 from lightning_align.callbacks.reward_refresh import RewardRefresh
+from lightning_align.data.preference import PreferenceDataModule
 from lightning_align.modules.round_prompts import RoundPromptsDataModule
 from lightning_align.errors import ConfigError
 from lightning_align.models.spec import ModelSpec
@@ -34,7 +35,7 @@ def _run(tiny_lm_dir, rm_dir, rounds: int, tau: float = 0.0, refresh: bool = Tru
                                   max_length=32)
     callbacks = callbacks or [PreferenceRefresh(num_samples=3, sampling=SAMPLING, tau=tau, checkpoints=2),
                               RewardRefresh(RewardFitConfig(epochs=1, batch_size=8), SAMPLING),
-                              GoldRoundMetrics(num_pairs=40, sampling=SAMPLING)]
+                              GoldRoundMetrics(sampling=SAMPLING)]
     trainer = L.Trainer(max_epochs=rounds, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         callbacks=callbacks)
@@ -71,6 +72,23 @@ def test_tau_stop_returns_previous_policy_and_reward_model(tiny_lm_dir, rm_dir):
     assert [r["round"] for r in module.rounds] == [0, 1] and module.rounds[1]["stopped"] is True
     assert _same(module.model.state_dict(), initial)
     assert _same(module.reward_model.state_dict(), r0)
+
+
+def test_gold_metrics_score_exactly_the_pairs_the_reward_stage_held_out(tmp_path, tiny_lm_dir):
+    reward, pairs = RewardModule(ModelSpec(path=str(tiny_lm_dir))), PreferenceDataModule(num_pairs=40, max_length=32)
+    with torch.random.fork_rng():  # a fresh zero head would rank every response equally
+        torch.manual_seed(0)
+        torch.nn.init.normal_(reward.model.score.weight, std=0.5)
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(
+        reward, datamodule=pairs, verbose=False)
+    gold = GoldRoundMetrics(sampling=SAMPLING)
+    module, _, _ = _run(tiny_lm_dir, reward.export(tmp_path / "rm"), rounds=1, refresh=False,
+                        callbacks=[PreferenceRefresh(num_samples=3, sampling=SAMPLING, tau=0.0), gold])
+    as_tuples = lambda records: [(r["prompt"], r["chosen"], r["rejected"]) for r in records]  # noqa: E731
+    heldout = as_tuples(gold.heldout)
+    assert heldout == as_tuples(pairs.val_set.records) and len(heldout) == 4
+    assert not set(heldout) & set(as_tuples(pairs.train_set.records))
+    assert 0.0 <= module.rounds[1]["rm_accuracy_heldout"] <= 1.0
 
 
 def test_reward_refresh_must_follow_preference_refresh(tiny_lm_dir, rm_dir):

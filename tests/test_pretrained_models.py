@@ -102,7 +102,7 @@ def test_fit_alone_leaves_a_hugging_face_directory_and_no_checkpoint(tmp_path, c
     assert AutoTokenizer.from_pretrained(tmp_path / "out").chat_template == CHATML
     assert not list(tmp_path.rglob("*.ckpt"))
     enlarge = [sys.executable, "-m", "lightning_align", "fit", "--config", str(REPO / "conf/stages/enlarge.yaml"),
-               f"--model.model.path={chat_lm_dir}", "--trainer.max_steps=1"]
+               f"--model.model.path={chat_lm_dir}"]
     refused = subprocess.run(enlarge, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert refused.returncode == 2 and "intermediate_size" in refused.stderr.strip().splitlines()[-1]
 

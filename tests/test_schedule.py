@@ -65,10 +65,10 @@ def test_spans_mark_stage_boundaries() -> None:
 @pytest.mark.parametrize(
     "budgets,warmup,floor,key",
     [
-        ({}, 0, 0.1, "schedule.budgets"),
-        ({"enlarge": 0}, 0, 0.1, "schedule.budgets.enlarge"),
-        ({"enlarge": 10}, 10, 0.1, "schedule.warmup_steps"),
-        ({"enlarge": 10}, 1, 1.5, "schedule.min_lr_ratio"),
+        ({}, 0, 0.1, "budgets"),
+        ({"enlarge": 0}, 0, 0.1, "budgets.enlarge"),
+        ({"enlarge": 10}, 10, 0.1, "warmup_steps"),
+        ({"enlarge": 10}, 1, 1.5, "min_lr_ratio"),
     ],
 )
 def test_bad_schedule_names_the_key(budgets: dict[str, int], warmup: int, floor: float, key: str) -> None:

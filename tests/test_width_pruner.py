@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from lightning_align.algorithms.width_pruner import WidthPruner, cubic_width, neuron_sensitivity
+from lightning_align.errors import ConfigError
 from lightning_align.models.checkpoint import load_pretrained, read_metadata, save_model_dir
 from lightning_align.models.mlp_width import mlp_widths, slice_mlp_widths, width_structure
 
@@ -129,7 +130,7 @@ def test_per_layer_export_rebuilds_from_structure(model: LlamaForCausalLM, token
 
 
 def test_bad_targets_are_rejected(model: LlamaForCausalLM) -> None:
-    with pytest.raises(ValueError, match="target_width"):
+    with pytest.raises(ConfigError, match="'target_width'"):
         WidthPruner(model, target_width=WIDE + 1)
-    with pytest.raises(ValueError, match="min_width"):
+    with pytest.raises(ConfigError, match="'min_width'"):
         WidthPruner(model, target_width=4, min_width=5)

@@ -47,17 +47,17 @@ class RunSchedule:
 
     def __post_init__(self) -> None:
         if not self.budgets:
-            raise ConfigError("schedule.budgets", "needs at least one stage with a step budget")
+            raise ConfigError("budgets", "needs at least one stage with a step budget")
         for name, steps in self.budgets.items():
             if not isinstance(steps, int) or steps <= 0:
-                raise ConfigError(f"schedule.budgets.{name}", f"must be a positive integer, got {steps!r}")
+                raise ConfigError(f"budgets.{name}", f"must be a positive integer, got {steps!r}")
         if not 0 <= self.warmup_steps < self.total_steps:
             raise ConfigError(
-                "schedule.warmup_steps",
+                "warmup_steps",
                 f"must be in [0, {self.total_steps}) (the summed budgets), got {self.warmup_steps}",
             )
         if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError("schedule.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+            raise ConfigError("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
 
     @property
     def total_steps(self) -> int:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from lightning_align.errors import ConfigError
 from lightning_align.models.mlp_width import mlp_modules
 
 Scope = Literal["layer", "global"]
@@ -58,14 +59,15 @@ class WidthPruner:
         self.mlps = mlp_modules(model)
         widths = {mlp.down_proj.in_features for mlp in self.mlps}
         if len(widths) != 1:
-            raise ValueError(f"width pruning starts from one FFN width per layer, got {sorted(widths)}")
+            raise ConfigError("model", f"width pruning starts from one FFN width per layer, got {sorted(widths)}")
         self.initial_width = widths.pop()
         if not 0 < target_width <= self.initial_width:
-            raise ValueError(f"target_width must be in (0, {self.initial_width}], got {target_width}")
+            raise ConfigError("target_width", f"must be in (0, {self.initial_width}] (the incoming FFN width), "
+                              f"got {target_width}")
         if not 0 < min_width <= target_width:
-            raise ValueError(f"min_width must be in (0, target_width={target_width}], got {min_width}")
+            raise ConfigError("min_width", f"must be in (0, target_width={target_width}], got {min_width}")
         if scope not in ("layer", "global"):
-            raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+            raise ConfigError("scope", f"must be 'layer' or 'global', got {scope!r}")
         self.target_width, self.beta, self.scope, self.min_width = target_width, beta, scope, min_width
         device = self.mlps[0].down_proj.weight.device
         self.scores = torch.zeros(len(self.mlps), self.initial_width, device=device)

@@ -143,8 +143,8 @@ def load_pairs(path: str, num_pairs: int, seed: int) -> list[dict[str, Any]]:
 
 def split_records(records: list[dict[str, Any]], val_fraction: float,
                 seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train, val) after a seeded shuffle; with one record both sides get it. Evaluation re-derives the RM
-    stage's held-out pairs with the same arguments."""
+    """(train, val) after a seeded shuffle; with one record both sides get it. A reward model's export saves its
+    val side (`modules/reward.py`), so evaluation never re-derives it."""
     records = list(records)
     random.Random(seed).shuffle(records)
     n_val = max(1, round(len(records) * val_fraction)) if len(records) > 1 else 0

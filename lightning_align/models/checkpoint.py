@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from lightning_align.errors import DataError
 from lightning_align.models.blocks import SUPPORTED_MODEL_TYPES, block_structure, replay_removed_blocks
 from lightning_align.models.mlp_width import resize_mlp_widths, width_structure
 
@@ -25,8 +26,12 @@ def save_model_dir(
     tokenizer: PreTrainedTokenizerBase | None,
     out_dir: str | Path,
     metadata: dict[str, Any] | None = None,
+    files: dict[str, str] | None = None,
 ) -> Path:
-    """Write to a temporary sibling, then rename: a crash never leaves a half-written directory behind."""
+    """Write to a temporary sibling, then rename: a crash never leaves a half-written directory behind.
+
+    `files` maps file names to text a stage hands on with its model (e.g. the reward model's held-out pairs).
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
@@ -40,6 +45,8 @@ def save_model_dir(
         if structure:
             metadata["structure"] = structure
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -69,9 +76,6 @@ def model_structure(model: PreTrainedModel) -> dict[str, Any]:
 
 def apply_structure(model: PreTrainedModel, structure: dict[str, Any]) -> None:
     """Replay the recorded structural shrink on a model freshly built from the saved config."""
-    unknown = set(structure) - set(STRUCTURE_APPLIERS)
-    if unknown:
-        raise ValueError(f"unknown structure entries {sorted(unknown)} in {METADATA_FILE}")
     for key, applier in STRUCTURE_APPLIERS.items():
         if key in structure:
             applier(model, structure[key])
@@ -82,6 +86,10 @@ def load_pretrained(model_dir: str | Path, **kwargs: Any) -> PreTrainedModel:
     structure = read_metadata(model_dir).get("structure")
     if not structure:
         return AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, **kwargs)
+    unknown = set(structure) - set(STRUCTURE_APPLIERS)
+    if unknown:
+        raise DataError(Path(model_dir) / METADATA_FILE, f"unknown structure entries {sorted(unknown)} (known: "
+                        f"{sorted(STRUCTURE_APPLIERS)}); was the directory written by another version?")
     from safetensors.torch import load_file
 
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
@@ -93,8 +101,8 @@ def load_pretrained(model_dir: str | Path, **kwargs: Any) -> PreTrainedModel:
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
-        raise ValueError(f"{model_dir}: weights do not match the recorded structure "
-                         f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        raise DataError(model_dir, "weights do not match the structure recorded in "
+                        f"{METADATA_FILE} (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     if tied:
         model.tie_weights()
     return model.eval()

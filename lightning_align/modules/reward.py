@@ -1,6 +1,7 @@
 """Reward-model training: Bradley–Terry on preference pairs (the `reward` stage, and r_0 of Mutual-Taught)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,12 +18,16 @@ from lightning_align.models.reward_model import load_reward_model
 from lightning_align.models.spec import ModelSpec
 from lightning_align.modules.optim import OptimConfig, build_optimizer
 
+HELDOUT_PAIRS = "heldout_pairs.jsonl"  # the pairs an exported RM was validated on, never trained on
+
 
 class RewardModule(L.LightningModule):
     """Scalar-head RM on a causal-LM backbone; loss −log σ(r(y_w) − r(y_l) − margin).
 
     `model.path` may be a causal LM (e.g. the SFT output: its backbone gets a fresh head) or an RM directory.
     Logs `train/loss`, `val/loss`, `rm/accuracy` (share of pairs ranked right) and `rm/margin` (mean r_w − r_l).
+    The export carries the datamodule's validation pairs (`heldout_pairs.jsonl`), so later evaluation of this RM
+    uses exactly its held-out set instead of re-deriving the split.
     """
 
     def __init__(self, model: ModelSpec = ModelSpec(), optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=5),
@@ -34,6 +39,13 @@ class RewardModule(L.LightningModule):
         self.model = load_reward_model(model, self.tokenizer).train()
         self.val_accuracy = BinaryAccuracy()
         self.val_margin = MeanMetric()
+        self.heldout_pairs: list[dict[str, Any]] = []
+
+    def setup(self, stage: str) -> None:
+        """Keep the datamodule's validation pairs (Lightning sets the datamodule up before the module)."""
+        val_set = getattr(self.trainer.datamodule, "val_set", None)
+        if val_set is not None:
+            self.heldout_pairs = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in val_set.records]
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         chosen, rejected = pair_rewards(self.model, batch)
@@ -59,4 +71,12 @@ class RewardModule(L.LightningModule):
 
     def export(self, out_dir: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Save the RM as a Hugging Face directory; `load_reward_model(ModelSpec(path=out_dir), ...)` reloads it."""
-        return save_model_dir(self.model, self.tokenizer, out_dir, {"kind": "reward_model", **(metadata or {})})
+        heldout = "".join(json.dumps(pair) + "\n" for pair in self.heldout_pairs)
+        files = {HELDOUT_PAIRS: heldout} if heldout else {}
+        return save_model_dir(self.model, self.tokenizer, out_dir, {"kind": "reward_model", **(metadata or {})}, files)
+
+
+def read_heldout_pairs(reward_model_dir: str | Path) -> list[dict[str, Any]] | None:
+    """The pairs `RewardModule.export` saved with a reward model; None if it has none (an RM trained elsewhere)."""
+    path = Path(reward_model_dir) / HELDOUT_PAIRS
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else None

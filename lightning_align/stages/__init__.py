@@ -23,7 +23,6 @@ class Action:
 ACTIONS: dict[str, Action] = {
     "fit": Action(lightning_stage.fit, lightning_stage.check_stage_config),
     "validate": Action(lightning_stage.validate, lightning_stage.check_stage_config),
-    "test": Action(lightning_stage.test, lightning_stage.check_stage_config),
     "prune": Action(prune.run, prune.check, lightning=False),
 }
 

@@ -11,9 +11,10 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-from lightning_align.config import parser_error_to_config_error
+from lightning_align.config import RunSection, parser_error_to_config_error
 from lightning_align.errors import ConfigError
 from lightning_align.stages.context import StageContext
+from lightning_align.stages.trainer_args import build_callbacks, steps_from_schedule
 
 
 class StageCLI(LightningCLI):
@@ -22,6 +23,8 @@ class StageCLI(LightningCLI):
     Run alone (`run=True`), a stage leaves what it leaves in a pipeline: `fit` exports the trained model as a Hugging
     Face directory (`--export_dir`, default `<log dir>/model`), and Lightning's own `.ckpt` files are off unless
     `--trainer.enable_checkpointing=true` (for a pretrained model they are gigabytes of optimizer state nobody loads).
+    Without `seed_everything` a stage is seeded like a pipeline stage under the default `run.seed`, so it is
+    deterministic alone too; the stage files leave the seed to the run.
     """
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
@@ -39,6 +42,7 @@ class StageCLI(LightningCLI):
             parser_kwargs={"exit_on_error": False},
             auto_configure_optimizers=False,
             trainer_defaults={"enable_checkpointing": False},
+            seed_everything_default=RunSection.seed,
             **kwargs,
         )
 
@@ -46,6 +50,10 @@ class StageCLI(LightningCLI):
         if self.standalone:  # inside a pipeline the stage directory is the export; the key would be ignored there
             parser.add_argument("--export_dir", type=Optional[str], default=None,
                                 help="where `fit` writes the trained model (default: <log dir>/model)")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        steps_from_schedule(config.trainer, build_callbacks(config.trainer.callbacks))
 
     def after_fit(self) -> None:
         out = self.config[self.subcommand].export_dir or Path(self.trainer.log_dir or ".") / "model"
@@ -56,7 +64,7 @@ class StageCLI(LightningCLI):
 
 
 class _ParseOnlyCLI(StageCLI):
-    """Type-checks a stage config (unknown keys, types, ranges) without building anything."""
+    """Type-checks a stage config (unknown keys, types, ranges) and its callbacks' arguments; builds nothing else."""
 
     def instantiate_classes(self) -> None:
         return None
@@ -71,6 +79,7 @@ def check_stage_config(config: dict[str, Any], where: str, file: str | None = No
     try:
         _ParseOnlyCLI(args=copy.deepcopy(config), run=False)  # the parser turns nested class_path dicts into Namespaces
     except Exception as err:
+        _raise_wrapped_config_error(err, f"{where}.", file)
         raise parser_error_to_config_error(err, prefix=f"{where}.", file=file) from None
     data = config.get("data")
     if isinstance(data, dict) and "class_path" in data:
@@ -103,13 +112,14 @@ def instantiate(config: dict[str, Any], where: str) -> StageCLI:
         raise
 
 
-def _raise_wrapped_config_error(err: BaseException, prefix: str) -> None:
-    """jsonargparse wraps what a constructor raised (e.g. `ModelSpec`'s own checks) in its own error; the user
-    should see our one-line `ConfigError`, not the parser's account of every type it tried."""
-    cause = err.__cause__ or err.__context__
+def _raise_wrapped_config_error(err: BaseException, prefix: str, file: str | None = None) -> None:
+    """Re-raise a `ConfigError` under `prefix`, whether raised directly or wrapped by jsonargparse around what a
+    constructor raised (e.g. `ModelSpec`'s own checks): the user should see our one line, not the parser's account
+    of every type it tried."""
+    cause: BaseException | None = err
     while cause is not None:
         if isinstance(cause, ConfigError):
-            raise ConfigError(f"{prefix}{cause.key}", cause.problem, cause.file) from None
+            raise ConfigError(f"{prefix}{cause.key}", cause.problem, cause.file or file) from None
         cause = cause.__cause__ or cause.__context__
 
 
@@ -151,23 +161,13 @@ def validate(ctx: StageContext) -> dict[str, float]:
     return metrics
 
 
-def test(ctx: StageContext) -> dict[str, float]:
-    """Test-set metrics of the incoming model; the model is passed on unchanged."""
-    cli = instantiate(ctx.config, f"stages.{ctx.name}")
-    metrics = _metrics(cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False))
-    _export(cli, ctx, metrics)
-    return metrics
-
-
 def run_lightning_cli(argv: list[str]) -> None:
-    """`lightning-align fit|validate|test|predict ...`: Lightning's CLI, with config errors as `ConfigError`."""
+    """`lightning-align fit|validate ...`: Lightning's CLI, with config errors as `ConfigError`."""
     config_file = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")), None)
     try:
         StageCLI(args=argv, run=True)
-    except ConfigError:
-        raise
     except Exception as err:
-        _raise_wrapped_config_error(err, "")
+        _raise_wrapped_config_error(err, "", config_file)
         if type(err).__module__.startswith(("argparse", "jsonargparse")):
             raise parser_error_to_config_error(err, file=config_file) from None
         raise

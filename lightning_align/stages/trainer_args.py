@@ -1,0 +1,45 @@
+"""A stage's `trainer:` section checked and completed before anything is built (planning included).
+
+Callbacks are built once here: their constructors only check arguments (by convention, like datamodules), so a bad
+value is reported as `trainer.callbacks.<i>.init_args.<arg>` before any stage runs. A stage on a `SharedSchedule`
+trains for its budget there, so the step count has one source instead of a budget and a `max_steps` to keep equal.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from jsonargparse import ArgumentParser, Namespace
+
+from lightning_align.callbacks.shared_schedule import SharedSchedule
+from lightning_align.errors import ConfigError
+
+UNSET_MAX_STEPS = -1  # Lightning's default: no step limit
+
+
+def build_callbacks(callbacks: Namespace | list[Namespace] | None) -> list[L.Callback]:
+    """The parsed `trainer.callbacks` built; a constructor's `ConfigError` gets the callback's full key."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--callback", type=L.Callback)
+    built = []
+    for i, callback in enumerate(callbacks if isinstance(callbacks, list) else [callbacks] if callbacks else []):
+        try:
+            built.append(parser.instantiate_classes(parser.parse_object({"callback": callback.as_dict()})).callback)
+        except ConfigError as err:
+            raise ConfigError(f"trainer.callbacks.{i}.init_args.{err.key}", err.problem, err.file) from None
+    return built
+
+
+def steps_from_schedule(trainer: Namespace, callbacks: list[Any]) -> None:
+    """Set `trainer.max_steps` to the stage's `SharedSchedule` budget; refuse a `max_steps` that disagrees."""
+    for i, callback in enumerate(callbacks):
+        if not isinstance(callback, SharedSchedule):
+            continue
+        budget = callback.schedule.budgets[callback.stage]
+        if trainer.max_steps == UNSET_MAX_STEPS:
+            trainer.max_steps = budget
+        elif trainer.max_steps != budget:
+            raise ConfigError("trainer.max_steps", f"{trainer.max_steps} disagrees with the step budget of stage "
+                              f"'{callback.stage}' (trainer.callbacks.{i}.init_args.budgets.{callback.stage} = "
+                              f"{budget}, in a pipeline pipeline.schedule.budgets.{callback.stage}); leave max_steps "
+                              "out: the budget sets it")
