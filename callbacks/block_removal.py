@@ -5,7 +5,8 @@ this is that idea at block granularity. Each pick is one greedy step of BlockPru
 among the blocks still present, skip the one whose removal gives the lowest perplexity on calibration batches (here
 the most recent training batches), given the blocks already skipped. How many blocks are gone at a step follows the
 same cubic schedule as width pruning. Skipped blocks are masked (`models.blocks.set_skipped`), so shapes and optimizer
-state stay fixed; `on_train_end` removes them (`models.blocks.remove_blocks`).
+state stay fixed; `on_train_end` removes them (`models.blocks.remove_blocks`), to be saved as `export` says
+(`compact`, or `dense_compatible`: zeroed sublayers plain transformers loads exactly; see docs/pruning.md).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from torch import nn
 from lightning_align.algorithms.block_pruner import BlockRunner
 from lightning_align.algorithms.width_pruner import cubic_width
 from lightning_align.errors import ConfigError
-from lightning_align.models.blocks import Block, all_blocks, remove_blocks, set_skipped, skipped_blocks
+from lightning_align.models.blocks import Block, Export, all_blocks, remove_blocks, set_skipped, skipped_blocks
 
 
 def next_block(model: nn.Module, calibration: torch.Tensor, skipped: set[Block], batch_size: int = 8) -> Block:
@@ -33,7 +34,7 @@ class IterativeBlockRemoval(pl.Callback):
     """Skip blocks on a cubic schedule between `start_step` and `end_step` until `num_blocks` are gone."""
 
     def __init__(self, num_blocks: int, start_step: int, end_step: int, every_n_steps: int = 10,
-                 calibration_batches: int = 2) -> None:
+                 calibration_batches: int = 2, export: Export = "compact") -> None:
         if num_blocks <= 0:
             raise ConfigError("num_blocks", f"must be positive, got {num_blocks}")
         if not 0 <= start_step < end_step:
@@ -43,7 +44,7 @@ class IterativeBlockRemoval(pl.Callback):
             raise ConfigError("every_n_steps",
                               "every_n_steps and calibration_batches must be positive")
         self.num_blocks, self.start_step, self.end_step = num_blocks, start_step, end_step
-        self.every_n_steps = every_n_steps
+        self.every_n_steps, self.export = every_n_steps, export
         self.calibration: deque[torch.Tensor] = deque(maxlen=calibration_batches)
         self.total_blocks = 0
         self.order: list[Block] = []
@@ -87,7 +88,7 @@ class IterativeBlockRemoval(pl.Callback):
         self._remove_until(pl_module.model, self.num_blocks)
         skipped = skipped_blocks(pl_module.model)
         set_skipped(pl_module.model, [])
-        remove_blocks(pl_module.model, skipped)
+        remove_blocks(pl_module.model, skipped, self.export)
 
     def state_dict(self) -> dict[str, Any]:
         return {"order": [block.to_json() for block in self.order]}

@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--num-sequences", type=int, default=32, help="calibration blocks (as many for evaluation)")
     prune.add_argument("--block-size", type=int, default=128, help="tokens per calibration block")
     prune.add_argument("--no-compare", action="store_true", help="skip the two other methods in the report")
+    prune.add_argument("--export", default="compact", choices=["compact", "dense_compatible"],
+                       help="how blocks removed from a layer that stays are saved (docs/pruning.md)")
     for name in LIGHTNING_SUBCOMMANDS:
         sub.add_parser(name, help=f"Lightning CLI `{name}` of one stage (--config conf/stages/<stage>.yaml)",
                        add_help=False)
@@ -90,7 +92,8 @@ def _prune(args: argparse.Namespace) -> None:
     from lightning_align.stages.prune import run_prune_command
 
     values = {"model": args.model, "method": args.method, "target_ratio": args.target_ratio, "num_blocks": args.blocks,
-              "num_sequences": args.num_sequences, "block_size": args.block_size, "compare": not args.no_compare}
+              "num_sequences": args.num_sequences, "block_size": args.block_size, "compare": not args.no_compare,
+              "export": args.export}
     if args.calibration is not None:
         values.update(calibration=args.calibration, val_fraction=None)
     print(run_prune_command(values, args.output))

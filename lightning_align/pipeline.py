@@ -21,9 +21,11 @@ from lightning_align.config import RunSection, validate_dataclass
 from lightning_align.errors import ConfigError
 from lightning_align.eval.divergence import divergence_warnings
 from lightning_align.eval.report import write_run_report
+from lightning_align.models.blocks import check_model_type
+from lightning_align.models.checkpoint import read_model_type
 from lightning_align.models.spec import ModelSpec
 from lightning_align.stages import ACTIONS, StageContext
-from lightning_align.stages.lightning_stage import init_arg_names
+from lightning_align.stages.lightning_stage import init_arg_names, reshaping_callbacks
 
 log = logging.getLogger(__name__)
 TOP_LEVEL_KEYS = {"run", "model", "data", "trainer", "pipeline", "stages"}
@@ -79,10 +81,22 @@ class MultiStageTrainer:
             start = (config.get("model") or {}).get("init_args", {}).get("model") if ACTIONS[action].lightning else None
             if isinstance(start, dict):
                 validate_dataclass(ModelSpec, start, f"stages.{name}.model.init_args.model")
+            self._check_family(config, name)
             ACTIONS[action].check(config, f"stages.{name}")
             contexts.append(StageContext(name, config, previous, self.run_dir / name, self.run_dir))
             previous = self.run_dir / name
         return contexts
+
+    def _check_family(self, config: dict[str, Any], name: str) -> None:
+        """A stage whose callbacks cut blocks or neurons needs a family with a block view: refuse others from the
+        run model's `config.json`, before any weights are read (a built model is LLaMA)."""
+        path = (self.config.get("model") or {}).get("path")
+        reshaping = reshaping_callbacks(config)
+        if reshaping and path is not None and (Path(path) / "config.json").is_file():
+            try:
+                check_model_type(read_model_type(path))
+            except ConfigError as err:
+                raise ConfigError(f"stages.{name}.{reshaping[0]}", f"{err.problem}; model.path is '{path}'") from None
 
     def _effective(self, name: str, stage: dict[str, Any], previous: Path | None, lightning: bool) -> dict[str, Any]:
         """Fill a stage config from the run level: trainer defaults, seed, starting model, shared data settings."""

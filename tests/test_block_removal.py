@@ -64,7 +64,7 @@ def test_blocks_and_width_pruned_together_while_training(corpus: str, tmp_path: 
     batch = torch.randint(3, 300, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(batch).logits, module.model.eval()(batch).logits)
-    assert set(read_metadata(tmp_path / "pruned").get("structure", {})) <= {"removed_blocks"}
+    assert set(read_metadata(tmp_path / "pruned").get("structure", {})) <= {"removed_blocks", "model_type"}
 
 
 def test_removing_every_block_is_refused(corpus: str) -> None:

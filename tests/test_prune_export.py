@@ -34,7 +34,8 @@ def test_partial_removal_is_recorded_and_rebuilt_by_load_pretrained(tmp_path: Pa
     blocks = [Block(0, "mlp"), Block(1, "attn"), Block(1, "mlp"), Block(2, "attn")]
     pruned = remove_blocks(copy.deepcopy(dense), blocks)
     out = save_model_dir(pruned, None, tmp_path / "pruned", {"structure": block_structure(pruned)})
-    assert read_metadata(out)["structure"] == {"removed_blocks": [{"layer": 0, "kind": "mlp"}, {"layer": 1, "kind": "attn"}]}
+    assert read_metadata(out)["structure"] == {"removed_blocks": [{"layer": 0, "kind": "mlp"}, {"layer": 1, "kind": "attn"}],
+                                               "model_type": "qwen2"}
     reloaded = load_pretrained(out)
     assert sum(p.numel() for p in reloaded.parameters()) == sum(p.numel() for p in pruned.parameters())
     torch.testing.assert_close(logits(reloaded, tokens), logits(pruned, tokens), atol=1e-5, rtol=0)

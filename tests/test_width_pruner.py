@@ -122,7 +122,7 @@ def test_per_layer_export_rebuilds_from_structure(model: LlamaForCausalLM, token
     structure = width_structure(model)
     assert structure == {"intermediate_sizes": [12, 25, 2]} and model.config.intermediate_size == WIDE
     save_model_dir(model, None, tmp_path / "out", {"stage": "prune"})
-    assert read_metadata(tmp_path / "out")["structure"] == structure
+    assert read_metadata(tmp_path / "out")["structure"] == {**structure, "model_type": "llama"}
     rebuilt = load_pretrained(tmp_path / "out")
     assert mlp_widths(rebuilt) == [12, 25, 2]
     with torch.no_grad():

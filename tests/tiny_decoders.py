@@ -8,12 +8,19 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 VOCAB = 101
+# every family with a block view; gemma2/gemma3_text alternate sliding-window and full attention layers
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"]
+SLIDING_WINDOW = 4
 
 
 def tiny_decoder(
     model_type: str = "llama", layers: int = 3, seed: int = 0, tie: bool = False, vocab: int = VOCAB
 ) -> PreTrainedModel:
     """A fp32 decoder with hidden 32, 4 heads (2 KV heads), eval mode; weights drawn from ``seed``."""
+    family = {}
+    if model_type.startswith("gemma"):
+        family = {"sliding_window": SLIDING_WINDOW,
+                  "layer_types": [("sliding_attention", "full_attention")[i % 2] for i in range(layers)]}
     config = AutoConfig.for_model(
         model_type,
         vocab_size=vocab,
@@ -25,6 +32,10 @@ def tiny_decoder(
         head_dim=8,
         max_position_embeddings=64,
         tie_word_embeddings=tie,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **family,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -3,8 +3,8 @@
 The paper prunes intermediate neurons of the enlarged model a few at a time while training continues, so capacity
 can move onto the survivors. Its exact score is not public; we use the PLATON / LoSparse choice from the same
 group: the sensitivity `|θ · ∂L/∂θ|` (first-order estimate of the loss change when θ is zeroed), smoothed by an
-exponential moving average over steps and summed per neuron over its `gate_proj`/`up_proj` rows and its
-`down_proj` column. The kept width follows a cubic schedule over a pruning window (as in PLATON).
+exponential moving average over steps and summed per neuron over its `gate_proj`/`up_proj` rows (both halves of a
+fused `gate_up_proj`) and its `down_proj` column. The kept width follows a cubic schedule over a pruning window (as in PLATON).
 
 Pruned neurons are *masked* (their input to `down_proj` is multiplied by 0), so parameter and optimizer shapes stay
 fixed during the stage; `keep_indices()` then feeds `lightning_align.models.mlp_width.slice_mlp_widths` at stage end.
@@ -19,7 +19,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from lightning_align.errors import ConfigError
-from lightning_align.models.mlp_width import mlp_modules
+from lightning_align.models.mlp_width import input_projections, mlp_modules
 
 Scope = Literal["layer", "global"]
 
@@ -39,10 +39,13 @@ def cubic_width(step: int, start: int, end: int, initial: int, final: int) -> in
 
 def neuron_sensitivity(mlp: nn.Module) -> torch.Tensor:
     """|θ · ∂L/∂θ| summed per intermediate neuron; needs the gradients of the last backward pass."""
-    score = torch.zeros(mlp.down_proj.in_features, device=mlp.down_proj.weight.device)
-    for linear, dim in ((mlp.gate_proj, 1), (mlp.up_proj, 1), (mlp.down_proj, 0)):
+    width = mlp.down_proj.in_features
+    score = torch.zeros(width, device=mlp.down_proj.weight.device)
+    parts = [(getattr(mlp, name), 1, halves) for name, halves in input_projections(mlp)] + [(mlp.down_proj, 0, 1)]
+    for linear, dim, halves in parts:
         if linear.weight.grad is not None:
-            score += (linear.weight.detach() * linear.weight.grad.detach()).abs().float().sum(dim)
+            per_row = (linear.weight.detach() * linear.weight.grad.detach()).abs().float().sum(dim)
+            score += per_row.view(halves, width).sum(0)
     return score
 
 

@@ -3,6 +3,12 @@
 A directory holds `save_pretrained` weights + config, the tokenizer, and `lightning_align.json` (our metadata). When
 a model was shrunk in a way a plain config cannot express (e.g. one sublayer of a layer removed), the metadata has a
 `"structure"` entry and `load_pretrained` replays that shrink on a freshly built model before loading the weights.
+
+Plain `from_pretrained` would fill weights missing from such a directory with fresh random ones and only mention
+it in its load report, so its `config.json` gets a `model_type` transformers does not know (`MARKED_MODEL_TYPE`, the
+real one kept under `structure.model_type`): plain transformers refuses it with that text in the error. Blocks
+removed with `export="dense_compatible"` are saved as zeroed sublayers instead (`models.dense_export`), which plain
+transformers loads exactly; `load_pretrained` cuts them out again (`structure.zeroed_blocks`).
 """
 from __future__ import annotations
 
@@ -12,13 +18,21 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from lightning_align.errors import DataError
-from lightning_align.models.blocks import SUPPORTED_MODEL_TYPES, block_structure, replay_removed_blocks
+from lightning_align.models.blocks import (
+    SUPPORTED_MODEL_TYPES,
+    block_structure,
+    replay_removed_blocks,
+    replay_zeroed_blocks,
+)
+from lightning_align.models.dense_export import zeroed_block_tensors
 from lightning_align.models.mlp_width import resize_mlp_widths, width_structure
 
 METADATA_FILE = "lightning_align.json"
+MARKED_MODEL_TYPE = "{} with removed blocks or per-layer widths: load it with lightning_align.load_pretrained"
 
 
 def save_model_dir(
@@ -37,11 +51,14 @@ def save_model_dir(
     tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
         metadata = dict(metadata or {})
         structure = {**model_structure(model), **metadata.get("structure", {})}
+        zeroed = zeroed_block_tensors(model) if "zeroed_blocks" in structure else {}
+        model.save_pretrained(tmp, **({"state_dict": {**model.state_dict(), **zeroed}} if zeroed else {}))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if set(structure) & set(STRUCTURE_APPLIERS):
+            structure["model_type"] = _mark_config(tmp / "config.json")
         if structure:
             metadata["structure"] = structure
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
@@ -61,17 +78,37 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-# Each structural shrink a stage can record, keyed by its entry in metadata["structure"].
+def _mark_config(config_file: Path) -> str:
+    """Give `config_file` the model type plain transformers refuses; returns the real one."""
+    config = json.loads(config_file.read_text())
+    model_type = config["model_type"]
+    config["model_type"] = MARKED_MODEL_TYPE.format(model_type)
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
+    return model_type
+
+
+def read_model_type(model_dir: str | Path) -> str | None:
+    """The model family of a model directory, from `config.json` and our metadata alone (no weights read)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return read_metadata(model_dir).get("structure", {}).get("model_type", config.get("model_type"))
+
+
+# Each structural shrink a stage can record, keyed by its entry in metadata["structure"], replayed before the
+# weights load (in this order).
 STRUCTURE_APPLIERS: dict[str, Callable[[PreTrainedModel, Any], None]] = {
     "removed_blocks": replay_removed_blocks,  # first: widths refer to the MLPs that remain
     "intermediate_sizes": resize_mlp_widths,
 }
+# Entries replayed after the weights load, and the real model type of a marked config.
+AFTER_LOADING: dict[str, Callable[[PreTrainedModel, Any], None]] = {"zeroed_blocks": replay_zeroed_blocks}
+KNOWN_STRUCTURE = {*STRUCTURE_APPLIERS, *AFTER_LOADING, "model_type"}
 
 
 def model_structure(model: PreTrainedModel) -> dict[str, Any]:
     """What the saved config cannot say about this model's shape; derived from the model, never stored alongside."""
-    blocks = block_structure(model) if getattr(model.config, "model_type", None) in SUPPORTED_MODEL_TYPES else {}
-    return {**blocks, **width_structure(model)}
+    if getattr(model.config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return {}
+    return {**block_structure(model), **width_structure(model)}
 
 
 def apply_structure(model: PreTrainedModel, structure: dict[str, Any]) -> None:
@@ -83,17 +120,29 @@ def apply_structure(model: PreTrainedModel, structure: dict[str, Any]) -> None:
 
 def load_pretrained(model_dir: str | Path, **kwargs: Any) -> PreTrainedModel:
     """Load a model directory written by lightning_align (or any local Hugging Face causal LM), offline."""
-    structure = read_metadata(model_dir).get("structure")
-    if not structure:
-        return AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, **kwargs)
-    unknown = set(structure) - set(STRUCTURE_APPLIERS)
+    structure = read_metadata(model_dir).get("structure") or {}
+    unknown = set(structure) - KNOWN_STRUCTURE
     if unknown:
         raise DataError(Path(model_dir) / METADATA_FILE, f"unknown structure entries {sorted(unknown)} (known: "
-                        f"{sorted(STRUCTURE_APPLIERS)}); was the directory written by another version?")
+                        f"{sorted(KNOWN_STRUCTURE)}); was the directory written by another version?")
+    if set(structure) & set(STRUCTURE_APPLIERS):
+        model = _load_reshaped(Path(model_dir), structure, kwargs.get("dtype"))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, **kwargs)
+    for key, applier in AFTER_LOADING.items():
+        if key in structure:
+            applier(model, structure[key])
+    return model
+
+
+def _load_reshaped(model_dir: Path, structure: dict[str, Any], dtype: Any) -> PreTrainedModel:
+    """Build from the saved config (its real model type), replay the structure, then load the weights strictly."""
     from safetensors.torch import load_file
 
-    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_config(config, dtype=kwargs.get("dtype"))
+    values = json.loads((model_dir / "config.json").read_text())
+    saved_type = values.pop("model_type")
+    config = CONFIG_MAPPING[structure.get("model_type", saved_type)].from_dict(values)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     apply_structure(model, structure)
     state = {}
     for shard in sorted(Path(model_dir).glob("*.safetensors")):

@@ -1,8 +1,10 @@
 """Structural surgery on FFN width: keep a subset of each decoder layer's intermediate neurons.
 
-A LLaMA-style MLP computes `down(act(gate(x)) * up(x))`; intermediate neuron `j` owns row `j` of `gate_proj` and
-`up_proj` and column `j` of `down_proj`. Dropping the same `j` from all three removes the neuron exactly, so a model
-whose pruned neurons were masked to zero gives the same logits after slicing. Per-layer widths that differ cannot be
+A gated MLP computes `down(act(gate(x)) * up(x))`; intermediate neuron `j` owns row `j` of `gate_proj` and `up_proj`
+and column `j` of `down_proj`. Phi-3 fuses the two into `gate_up_proj` (gate rows first, then up rows), where neuron
+`j` owns rows `j` and `width + j`. Dropping all of a neuron's rows and its column removes it exactly, so a model
+whose pruned neurons were masked to zero gives the same logits after slicing. Only families with a block view
+(`models.blocks.SUPPORTED_MODEL_TYPES`) are handled; others are refused with a ConfigError. Per-layer widths that differ cannot be
 written in a plain HF config; they are recorded as `{"intermediate_sizes": [...]}` in the checkpoint metadata and
 replayed by `resize_mlp_widths` before the weights are loaded.
 """
@@ -14,15 +16,22 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from lightning_align.models.blocks import RemovedMLP, decoder_layers
+
 
 def mlp_modules(model: PreTrainedModel) -> list[nn.Module]:
     """The MLP of every decoder layer that still has one, in depth order (modules with gate/up/down projections).
 
     A layer whose MLP block was removed (see `models.blocks`) has no neurons and is left out, so widths and keep
-    indices always refer to the present MLPs in depth order. Models without `model.layers` have none.
+    indices always refer to the present MLPs in depth order.
     """
-    layers = getattr(getattr(model, "model", None), "layers", None) or []
-    return [layer.mlp for layer in layers if hasattr(getattr(layer, "mlp", None), "down_proj")]
+    return [layer.mlp for layer in decoder_layers(model) if not isinstance(layer.mlp, RemovedMLP)]
+
+
+def input_projections(mlp: nn.Module) -> list[tuple[str, int]]:
+    """(attribute, stacked halves) of the linears whose output rows belong to the neurons: half `h` of a fused
+    projection holds neuron `j` in row `h * width + j`."""
+    return [("gate_up_proj", 2)] if hasattr(mlp, "gate_up_proj") else [("gate_proj", 1), ("up_proj", 1)]
 
 
 def mlp_widths(model: PreTrainedModel) -> list[int]:
@@ -54,8 +63,10 @@ def slice_mlp_widths(model: PreTrainedModel, keep: Sequence[torch.Tensor]) -> Pr
         raise ValueError(f"got {len(keep)} index sets for {len(mlps)} decoder layers")
     for mlp, index in zip(mlps, keep):
         index = torch.as_tensor(index, dtype=torch.long).sort().values
-        mlp.gate_proj = _sliced_linear(mlp.gate_proj, index, 0)
-        mlp.up_proj = _sliced_linear(mlp.up_proj, index, 0)
+        width = mlp.down_proj.in_features
+        for name, halves in input_projections(mlp):
+            rows = torch.cat([index + half * width for half in range(halves)])
+            setattr(mlp, name, _sliced_linear(getattr(mlp, name), rows, 0))
         mlp.down_proj = _sliced_linear(mlp.down_proj, index, 1)
         mlp.intermediate_size = int(index.numel())
     widths = set(mlp_widths(model))

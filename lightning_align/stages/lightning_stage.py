@@ -94,6 +94,16 @@ def _import(class_path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+RESHAPING_CALLBACKS = ("GradualWidthPruning", "IterativeBlockRemoval")
+
+
+def reshaping_callbacks(config: dict[str, Any]) -> list[str]:
+    """Keys (`trainer.callbacks.<i>`) of a stage's callbacks that cut blocks or FFN neurons out of the model."""
+    callbacks = (config.get("trainer") or {}).get("callbacks") or []
+    return [f"trainer.callbacks.{i}" for i, callback in enumerate(callbacks if isinstance(callbacks, list) else [])
+            if isinstance(callback, dict) and str(callback.get("class_path", "")).endswith(RESHAPING_CALLBACKS)]
+
+
 def init_arg_names(section: Any) -> set[str]:
     """Constructor argument names of a `class_path` section (empty when it has none)."""
     if not isinstance(section, dict) or "class_path" not in section:

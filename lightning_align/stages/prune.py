@@ -27,8 +27,14 @@ from lightning_align.data.loaders import check_source
 from lightning_align.errors import ConfigError
 from lightning_align.eval.latency import forward_latency_ms
 from lightning_align.eval.prune_report import Footprint, MethodRun, write_prune_report
-from lightning_align.models.blocks import block_structure, check_model_type, count_parameters, remove_blocks
-from lightning_align.models.checkpoint import METADATA_FILE, load_pretrained, read_metadata, save_model_dir
+from lightning_align.models.blocks import Export, block_structure, check_model_type, count_parameters, remove_blocks
+from lightning_align.models.checkpoint import (
+    METADATA_FILE,
+    load_pretrained,
+    read_metadata,
+    read_model_type,
+    save_model_dir,
+)
 from lightning_align.stages.context import StageContext
 
 METHODS = {"blockpruner": block_pruner, "layer-ppl": layer_ppl, "block-influence": block_influence}
@@ -44,6 +50,9 @@ class PruneConfig:
     ``latency_threads`` pins torch's CPU threads while timing (None: leave torch's setting).
     ``compare`` also runs the two other methods for the report, each stopping once it has removed at least the
     parameter share the chosen method removed (whole layers may overshoot: that is the cost of coarser units).
+    ``export`` says how blocks removed from a layer that stays are saved: ``compact`` (absent; only
+    ``lightning_align.load_pretrained`` loads the directory) or ``dense_compatible`` (zeroed sublayers that plain
+    transformers loads exactly; no smaller on disk for those blocks).
     """
 
     model: Optional[str] = None
@@ -59,6 +68,7 @@ class PruneConfig:
     compare: bool = True
     latency_repeats: PositiveInt = 10
     latency_threads: Optional[PositiveInt] = 1
+    export: Export = "compact"
 
     @property
     def stop(self) -> StopRule:
@@ -95,10 +105,10 @@ def check_model_dir(model_dir: Path, cfg: PruneConfig) -> None:
     config_file = model_dir / "config.json"
     if not config_file.is_file():
         raise ConfigError("model", f"'{model_dir}' is not a Hugging Face model directory (no config.json)")
-    config = json.loads(config_file.read_text())
-    check_model_type(config.get("model_type"))
-    recorded = read_metadata(model_dir).get("structure", {}).get("removed_blocks", [])
-    blocks = 2 * int(config["num_hidden_layers"]) - len(recorded)
+    check_model_type(read_model_type(model_dir))
+    structure = read_metadata(model_dir).get("structure", {})
+    recorded = len(structure.get("removed_blocks", [])) + len(structure.get("zeroed_blocks", []))
+    blocks = 2 * int(json.loads(config_file.read_text())["num_hidden_layers"]) - recorded
     if cfg.num_blocks is not None and cfg.num_blocks >= blocks:
         raise ConfigError("num_blocks", f"must be less than the model's {blocks} blocks, got {cfg.num_blocks}")
 
@@ -162,7 +172,7 @@ def prune(
         result = METHODS[method](model, calibration, stop, batch_size=cfg.batch_size)
         runs[method] = MethodRun(result, heldout_curve(evaluator, result))
     chosen = runs[cfg.method].result
-    pruned = remove_blocks(copy.deepcopy(model), chosen.order)
+    pruned = remove_blocks(copy.deepcopy(model), chosen.order, cfg.export)
     latency = forward_latency_ms(
         [model, pruned], evaluation[: cfg.batch_size], repeats=cfg.latency_repeats, threads=cfg.latency_threads
     )
