@@ -11,7 +11,7 @@ from lightning_align.algorithms.block_pruner import BlockRunner, StopRule, block
 from lightning_align.algorithms.layer_pruning import block_influence, layer_ppl
 from lightning_align.errors import ConfigError
 from lightning_align.models.blocks import Block, all_blocks, skipping
-from tests.tiny_decoders import single_thread, tiny_decoder, token_batch
+from tests.tiny_decoders import FAMILIES, single_thread, tiny_decoder, token_batch
 
 CALIBRATION = token_batch(batch=5, length=10, seed=3)
 
@@ -31,7 +31,10 @@ def reference_ppl(model: torch.nn.Module, removed: set[Block]) -> float:
     return math.exp(nll.double().mean().item())
 
 
-def test_block_runner_matches_the_model_forward(model: torch.nn.Module) -> None:
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_runner_matches_the_model_forward(family: str) -> None:
+    """Per-layer masks (sliding vs full attention), Gemma's post-norms and logit soft-capping included."""
+    model = tiny_decoder(family, layers=3, seed=4)
     runner = BlockRunner(model, CALIBRATION, batch_size=2)
     for removed in [set(), {Block(0, "attn"), Block(2, "mlp")}, {Block(1, "attn"), Block(1, "mlp")}]:
         assert runner.perplexity(removed) == pytest.approx(reference_ppl(model, removed), rel=1e-6)

@@ -26,7 +26,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lightning_align.errors import ConfigError
-from lightning_align.models.blocks import Block, all_blocks, block_parameters, count_parameters, decoder_layers
+from lightning_align.models.blocks import (
+    Block,
+    all_blocks,
+    block_modules,
+    block_parameters,
+    count_parameters,
+    decoder_layers,
+)
 
 Group = tuple[Block, ...]
 
@@ -105,15 +112,16 @@ class _StopForward(Exception):
 @dataclass
 class _Batch:
     hidden: torch.Tensor
-    layer_kwargs: dict[str, Any]
+    layer_kwargs: list[dict[str, Any]]  # per decoder layer: sliding and full attention layers get different masks
     tokens: torch.Tensor
 
 
 class BlockRunner:
     """Runs a decoder block by block on a fixed calibration set (captured once), counting block-forwards.
 
-    The model's own forward builds the embeddings, rotary tables and attention mask; a pre-hook on the first decoder
-    layer captures them and stops the forward, so every family with a block view is handled by its own code.
+    The model's own forward builds the embeddings, rotary tables and attention masks; pre-hooks on the decoder layers
+    capture each layer's arguments and stop the forward at the last layer, so every family with a block view is
+    handled by its own code.
     """
 
     def __init__(self, model: nn.Module, tokens: torch.Tensor, batch_size: int) -> None:
@@ -127,29 +135,37 @@ class BlockRunner:
 
     @torch.inference_mode()
     def _capture(self, tokens: torch.Tensor) -> _Batch:
-        seen: dict[str, Any] = {}
+        hidden: list[torch.Tensor] = []
+        layer_kwargs: list[dict[str, Any]] = []
 
         def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            seen["hidden"] = args[0] if args else kwargs.pop("hidden_states")
-            seen["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-            raise _StopForward
+            hidden.append(args[0] if args else kwargs["hidden_states"])
+            layer_kwargs.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+            if len(layer_kwargs) == len(self.layers):
+                raise _StopForward
 
-        handle = self.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+        handles = [layer.register_forward_pre_hook(grab, with_kwargs=True) for layer in self.layers]
         try:
             self.model(input_ids=tokens, use_cache=False)
         except _StopForward:
             pass
         finally:
-            handle.remove()
-        return _Batch(seen["hidden"], seen["kwargs"], tokens)
+            for handle in handles:
+                handle.remove()
+        return _Batch(hidden[0], layer_kwargs, tokens)
 
     def run_block(self, block: Block, hidden: torch.Tensor, batch: _Batch) -> torch.Tensor:
-        """One residual block, the same arithmetic as the decoder layer's forward."""
+        """One residual block, the same arithmetic as the decoder layer's forward: norm, sublayer, (Gemma) post-norm."""
         layer = self.layers[block.layer]
         self.block_forwards += hidden.size(0)
+        norm, sublayer, *post_norms = (getattr(layer, name) for name in block_modules(self.model, block.kind))
         if block.kind == "attn":
-            return hidden + layer.self_attn(hidden_states=layer.input_layernorm(hidden), **batch.layer_kwargs)[0]
-        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            out = sublayer(hidden_states=norm(hidden), **batch.layer_kwargs[block.layer])[0]
+        else:
+            out = sublayer(norm(hidden))
+        for post_norm in post_norms:
+            out = post_norm(out)
+        return hidden + out
 
     def run(self, blocks: Sequence[Block], hidden: torch.Tensor, batch: _Batch) -> torch.Tensor:
         for block in blocks:
@@ -157,8 +173,11 @@ class BlockRunner:
         return hidden
 
     def sequence_nll(self, hidden: torch.Tensor, batch: _Batch) -> torch.Tensor:
-        """Mean next-token NLL of each sequence, in fp32: shape [batch]."""
+        """Mean next-token NLL of each sequence, in fp32: shape [batch]. Logits soft-capped as Gemma's forward does."""
         logits = self.model.lm_head(self.model.model.norm(hidden)).float()
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
         nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), batch.tokens[:, 1:], reduction="none")
         return nll.mean(dim=1)
 
