@@ -26,9 +26,10 @@ from lightning_align.models.checkpoint import read_model_type
 from lightning_align.models.spec import ModelSpec
 from lightning_align.stages import ACTIONS, StageContext
 from lightning_align.stages.lightning_stage import init_arg_names, reshaping_callbacks
+from lightning_align.stages.loggers import LoggerSection, check_installed, stage_loggers
 
 log = logging.getLogger(__name__)
-TOP_LEVEL_KEYS = {"run", "model", "data", "trainer", "pipeline", "stages"}
+TOP_LEVEL_KEYS = {"run", "model", "data", "trainer", "logger", "pipeline", "stages"}
 
 
 def _hash(config: dict[str, Any]) -> str:
@@ -62,6 +63,8 @@ class MultiStageTrainer:
             raise ConfigError(sorted(unknown)[0], f"unknown top-level key (expected {sorted(TOP_LEVEL_KEYS)})")
         self.run_section: RunSection = validate_dataclass(RunSection, self.config.get("run", {}), "run")
         self.run_dir = Path(self.run_section.dir) / self.run_section.name
+        self.logger_section: LoggerSection = validate_dataclass(LoggerSection, self.config.get("logger", {}), "logger")
+        check_installed(self.logger_section)
         self.stages = self.plan()
 
     def plan(self) -> list[StageContext]:
@@ -105,9 +108,8 @@ class MultiStageTrainer:
             return config
         trainer = {**(self.config.get("trainer") or {}), **(config.get("trainer") or {})}
         trainer.setdefault("default_root_dir", str(self.run_dir / "logs" / name))
-        trainer.setdefault("logger", {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                      "init_args": {"save_dir": str(self.run_dir / "logs"), "name": name,
-                                                    "version": ""}})
+        trainer["logger"] = stage_loggers(self.logger_section, trainer.get("logger"), self.run_dir,
+                                          self.run_section.name, name)
         config["trainer"] = trainer
         config.setdefault("seed_everything", self.run_section.seed)
         model = config.get("model")
