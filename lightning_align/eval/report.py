@@ -1,4 +1,5 @@
-"""`report.md` + PNG plots of a run directory, built only from files the stages left behind."""
+"""`report.md` + PNG plots of a run directory, built only from what the pipeline itself records: `state.json` and
+the CSV it keeps for every Lightning stage whatever loggers the user chose (`stages/loggers.py`)."""
 from __future__ import annotations
 
 import csv
