@@ -81,7 +81,7 @@ class MultiStageTrainer:
                 validate_dataclass(ModelSpec, start, f"stages.{name}.model.init_args.model")
             ACTIONS[action].check(config, f"stages.{name}")
             contexts.append(StageContext(name, config, previous, self.run_dir / name, self.run_dir))
-            previous = self.run_dir / name
+            previous = self.run_dir / name if ACTIONS[action].writes_model else previous
         return contexts
 
     def _effective(self, name: str, stage: dict[str, Any], previous: Path | None, lightning: bool) -> dict[str, Any]:
