@@ -251,3 +251,11 @@ def test_generate_stage_without_a_model_is_refused(tmp_path):
               "stages": {"answers": {"num_prompts": 2}}}
     with pytest.raises(ConfigError, match="stages.answers.model"):
         MultiStageTrainer(config).run()
+
+
+def test_strategies_benchmark_quick_mode_runs(capsys):
+    from benchmarks.generation_strategies import main as benchmark
+
+    benchmark(["--quick"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| sample", "| best-of-n", "| gsa"]
