@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from lightning_align.algorithms.generation_strategies import STRATEGIES
+from lightning_align.algorithms.generation_strategies import AGGREGATION_TEMPLATE, STRATEGIES, check_template
 from lightning_align.algorithms.sampling import SamplingConfig
 from lightning_align.data.corpus import load_texts
 from lightning_align.data.gold_task import gold_win_rate
@@ -59,12 +59,15 @@ def random_models(out: Path) -> tuple[Path, Path]:
     return policy, out / "reward"
 
 
-def compare(policy: Path, reward: Path, prompts: int, num_samples: int, sampling: SamplingConfig,
-            seed: int) -> list[dict[str, float | str]]:
+def compare(policy: Path, reward: Path, prompts: int, num_samples: int, sampling: SamplingConfig, seed: int,
+            templates: list[str]) -> list[dict[str, float | str]]:
+    """One row per strategy, GSA once per aggregation template (labelled gsa, gsa-2, ...)."""
+    runs = [(s, s, AGGREGATION_TEMPLATE) for s in STRATEGIES if s != "gsa"]
+    runs += [("gsa" if i == 1 else f"gsa-{i}", "gsa", t) for i, t in enumerate(templates, start=1)]
     rows, first_draws = [], None
-    for strategy in STRATEGIES:
+    for label, strategy, template in runs:
         cfg = GenerateConfig(model=str(policy), num_prompts=prompts, strategy=strategy, num_samples=num_samples,
-                             reward_model=str(reward), sampling=sampling, seed=seed)
+                             reward_model=str(reward), aggregation_template=template, sampling=sampling, seed=seed)
         generations, metrics = answer(cfg, policy, load_prompt_list(cfg), gold=True)
         responses = [g.response for g in generations]
         if strategy == "sample":
@@ -73,7 +76,7 @@ def compare(policy: Path, reward: Path, prompts: int, num_samples: int, sampling
         else:
             win = gold_win_rate(responses, first_draws)
         answers = metrics["generate/answers"]
-        rows.append({"strategy": strategy, "gold": metrics["generate/gold_reward"], "win": win,
+        rows.append({"strategy": label, "gold": metrics["generate/gold_reward"], "win": win,
                      "rm": metrics["generate/rm_score"], "tokens": metrics["generate/response_tokens"],
                      "cost_tokens": metrics["generate/tokens_generated"] / answers,
                      "cost_s": metrics["generate/wall_s"] / answers})
@@ -101,8 +104,14 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (shared CPUs time badly with more)")
+    parser.add_argument("--aggregation-template", action="append", dest="templates",
+                        help="another GSA template with {prompt} and {candidates}: one more row (gsa-2, gsa-3, ...) "
+                             "next to the built-in instruction template's (gsa)")
     parser.add_argument("--quick", action="store_true", help="random tiny models, 4 prompts, 6 new tokens")
     args = parser.parse_args(argv)
+    templates = [AGGREGATION_TEMPLATE, *(args.templates or [])]
+    for template in templates:
+        check_template(template, "--aggregation-template")
     torch.set_num_threads(args.threads)
     sampling = SamplingConfig(max_new_tokens=6 if args.quick else args.max_new_tokens, temperature=args.temperature)
     with tempfile.TemporaryDirectory() as scratch:
@@ -112,8 +121,10 @@ def main(argv: list[str] | None = None) -> str:
             policy, reward = args.policy, args.reward_model
         else:
             policy, reward = align_run(args.run_dir, args.policy_stage)
-        rows = compare(policy, reward, 4 if args.quick else args.prompts, args.num_samples, sampling, args.seed)
-    text = f"policy {policy}, reward model {reward}\n\n{table(rows, args.num_samples)}"
+        rows = compare(policy, reward, 4 if args.quick else args.prompts, args.num_samples, sampling, args.seed,
+                       templates)
+    listed = "".join(f"\n  gsa-{i}: {t!r}" for i, t in enumerate(templates[1:], start=2))
+    text = f"policy {policy}, reward model {reward}{listed}\n\n{table(rows, args.num_samples)}"
     print(text)
     return text
 

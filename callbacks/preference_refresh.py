@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_align.algorithms.generation_strategies import self_aggregate
+from lightning_align.algorithms.generation_strategies import AGGREGATION_TEMPLATE, check_template, self_aggregate
 from lightning_align.algorithms.mutual_taught import e_step_pair, e_step_pairs, select_checkpoint, win_rate
 from lightning_align.algorithms.sampling import SamplingConfig, sample_responses, score_responses
 from lightning_align.errors import ConfigError
@@ -24,7 +24,8 @@ class PreferenceRefresh(L.Callback):
 
     With `self_aggregation`, the pool of each prompt is the k samples plus one Generative Self-Aggregation response
     (arXiv 2503.04104: the policy writes a new answer with the k samples in its context, `self_aggregate`), ranked
-    by the RM like the samples; the round row then records how often it became the chosen response.
+    by the RM like the samples; the round row then records how often it became the chosen response. The
+    `aggregation_template` matters for a model that does not follow instructions (docs/generation.md).
 
     During the round, `checkpoints` evenly spaced snapshots of the policy are kept in memory. Round end: each
     snapshot's responses on the selection prompts are scored by r_{t-1} against π_{t-1}'s (same random draws for
@@ -33,12 +34,14 @@ class PreferenceRefresh(L.Callback):
     """
 
     def __init__(self, num_samples: int = 4, sampling: SamplingConfig = SamplingConfig(), tau: float = 0.6,
-                 checkpoints: int = 2, seed: int = 0, self_aggregation: bool = False) -> None:
+                 checkpoints: int = 2, seed: int = 0, self_aggregation: bool = False,
+                 aggregation_template: str = AGGREGATION_TEMPLATE) -> None:
         if num_samples < 2:
             raise ConfigError("PreferenceRefresh.num_samples", "needs at least 2 samples per prompt to form a pair")
+        check_template(aggregation_template, "PreferenceRefresh.aggregation_template")
         self.num_samples, self.sampling, self.tau, self.checkpoints, self.seed = \
             num_samples, sampling, tau, checkpoints, seed
-        self.self_aggregation = self_aggregation
+        self.self_aggregation, self.aggregation_template = self_aggregation, aggregation_template
         self._start_state: dict[str, torch.Tensor] = {}
         self._candidates: list[dict[str, torch.Tensor]] = []
         self._save_at: set[int] = set()
@@ -64,7 +67,8 @@ class PreferenceRefresh(L.Callback):
                                      self.sampling, round_generator(self.seed, round_index, 0))
         if not self.self_aggregation:
             return responses
-        aggregates = self_aggregate(pl_module.model, pl_module.tokenizer, prompts, responses, self.sampling)
+        aggregates = self_aggregate(pl_module.model, pl_module.tokenizer, prompts, responses, self.sampling,
+                                    self.aggregation_template)
         return [group + [aggregate] for group, aggregate in zip(responses, aggregates)]
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -91,3 +91,5 @@ def test_self_aggregation_adds_the_gsa_answer_to_the_ranked_pool(tiny_lm_dir, rm
         callback, RewardRefresh(RewardFitConfig(epochs=1, batch_size=8), SAMPLING),
         GoldRoundMetrics(num_pairs=40, sampling=SAMPLING)])
     assert 0.0 <= with_gsa.rounds[1]["e_gsa_chosen"] <= 1.0 and with_gsa.rounds[1]["e_pairs"] > 0
+    with pytest.raises(ConfigError, match="PreferenceRefresh.aggregation_template"):
+        PreferenceRefresh(self_aggregation=True, aggregation_template="{candidates} only")

@@ -47,7 +47,8 @@ class GenerateConfig:
     (None: a whole file, or 64 gold prompts). ``strategy``: "sample" (each of the ``num_samples`` draws is an
     answer), "best-of-n" (the ``reward_model`` picks one of them) or "gsa" (the model writes one new answer with the
     draws in its context, through ``aggregation_template``). A ``reward_model`` also scores every answer.
-    ``seed`` seeds the draws: the same seed gives the same candidates to every strategy.
+    ``seed`` seeds the draws (the same seed gives every strategy the same candidates) and, for "gold", the task's
+    line order; equal to the Mutual-Taught prompts' seed, the gold prompts are lines those rounds never take.
     """
 
     model: Optional[str] = None
