@@ -97,16 +97,6 @@ def best_index(scores: Sequence[float]) -> int:
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
-def _score_groups(scorer: Scorer, prompts: Sequence[Prompt], groups: Sequence[Sequence[str]]) -> list[list[float]]:
-    """One scorer call for every (prompt, response) of all groups, reshaped back per prompt."""
-    flat = scorer([p for p, g in zip(prompts, groups) for _ in g], [r for g in groups for r in g])
-    out, start = [], 0
-    for group in groups:
-        out.append(flat[start:start + len(group)])
-        start += len(group)
-    return out
-
-
 def generate(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], strategy: Strategy,
     num_samples: int, config: SamplingConfig, generator: torch.Generator | None, scorer: Scorer | None = None,
@@ -125,7 +115,10 @@ def generate(
     if strategy == "best-of-n" and scorer is None:
         raise ConfigError("reward_model", "best-of-n picks by reward-model score: give a reward model")
     candidates = sample_responses(model, tokenizer, prompts, num_samples, config, generator)
-    scores = _score_groups(scorer, prompts, candidates) if scorer is not None else [[] for _ in prompts]
+    scores: list[list[float]] = [[] for _ in prompts]
+    if scorer is not None:  # one call for all N x prompts pairs, so the reward model batches across prompts
+        flat = scorer([p for p in prompts for _ in range(num_samples)], [r for group in candidates for r in group])
+        scores = [flat[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
     if strategy == "sample":
         return [Generation(p, text, score=values[i] if values else None)
                 for p, group, values in zip(prompts, candidates, scores) for i, text in enumerate(group)]
