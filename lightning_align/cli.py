@@ -4,6 +4,7 @@
   fit|validate   one stage through Lightning's CLI: --config conf/stages/<stage>.yaml [--key=value]
   report    rebuild report.md and plots of a run directory
   prune     BlockPruner (or a whole-layer baseline) on a local model directory, with a report
+  generate  answer prompts with a model directory: one sample, best-of-n by a reward model, or GSA
 
 User errors (config, data) print one line on stderr and exit with code 2.
 """
@@ -28,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="One stage alone: lightning-align fit --config conf/stages/pretrain.yaml --trainer.max_steps=5\n"
         "(fit/validate take Lightning CLI arguments; see `lightning-align fit --help`).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,fit,validate,report,prune}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,fit,validate,report,prune,generate}")
     run = sub.add_parser("run", help="run the pipeline composed from conf/ (Hydra overrides as key=value)")
     run.add_argument("--config-path", type=Path, default=PACKAGE_CONF, help="config directory (default: packaged conf/)")
     run.add_argument("--config-name", default="config", help="primary config file name without .yaml")
@@ -49,6 +50,22 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--no-compare", action="store_true", help="skip the two other methods in the report")
     prune.add_argument("--export", default="compact", choices=["compact", "dense_compatible"],
                        help="how blocks removed from a layer that stays are saved (docs/pruning.md)")
+    generate = sub.add_parser("generate", help="answer prompts with a model: sample, best-of-n or gsa")
+    generate.add_argument("--model", required=True, help="local Hugging Face model directory (or a run's stage directory)")
+    source = generate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="one prompt (a user message when the tokenizer has a chat template)")
+    source.add_argument("--prompts", help="a data file with a prompt or messages column, or \"gold\" (built-in task)")
+    generate.add_argument("--num-samples", type=int, default=1, help="N draws per prompt (default: 1)")
+    generate.add_argument("--strategy", default="sample", choices=["sample", "best-of-n", "gsa"],
+                          help="sample: every draw is an answer; best-of-n: the reward model picks one; "
+                               "gsa: the model writes one answer with the N draws in context")
+    generate.add_argument("--reward-model", help="reward-model directory (a reward stage's output); needed by best-of-n")
+    generate.add_argument("--num-prompts", type=int, help="only the first n prompts of --prompts")
+    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    generate.add_argument("--top-p", type=float, default=0.95)
+    generate.add_argument("--seed", type=int, default=0, help="the same seed gives the same draws to every strategy")
+    generate.add_argument("--output", type=Path, help="write JSON Lines here instead of printing the answers")
     for name in LIGHTNING_SUBCOMMANDS:
         sub.add_parser(name, help=f"Lightning CLI `{name}` of one stage (--config conf/stages/<stage>.yaml)",
                        add_help=False)
@@ -99,6 +116,17 @@ def _prune(args: argparse.Namespace) -> None:
     print(run_prune_command(values, args.output))
 
 
+def _generate(args: argparse.Namespace) -> None:
+    from lightning_align.stages.generate import run_generate_command
+
+    values = {"model": args.model, "strategy": args.strategy, "num_samples": args.num_samples,
+              "reward_model": args.reward_model, "num_prompts": args.num_prompts, "seed": args.seed,
+              "sampling": {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p}}
+    if args.prompts is not None:
+        values["prompts"] = args.prompts
+    print(run_generate_command(values, args.prompt, args.output))
+
+
 def _log_to_stderr() -> None:
     """Our own INFO lines (stage starts, skips); Lightning configures its loggers itself."""
     logger = logging.getLogger("lightning_align")
@@ -117,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             _lightning(argv)
             return 0
         args = _parser().parse_args(argv)
-        {"run": _run, "report": _report, "prune": _prune}[args.command](args)
+        {"run": _run, "report": _report, "prune": _prune, "generate": _generate}[args.command](args)
     except (LightningAlignError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

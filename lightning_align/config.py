@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from jsonargparse import ArgumentParser
 
@@ -84,3 +85,12 @@ def validate_dataclass(cls: type, values: dict[str, Any], key: str) -> Any:
         return parser.instantiate_classes(parsed)[key]
     except ConfigError as err:  # a dataclass's own consistency check names its field
         raise ConfigError(f"{key}.{err.key}", err.problem, err.file) from None
+
+
+@contextmanager
+def keys_under(where: str) -> Iterator[None]:
+    """Name the `ConfigError`s raised inside by their full key (`stages.prune.target_ratio`)."""
+    try:
+        yield
+    except ConfigError as err:
+        raise ConfigError(f"{where}.{err.key}", err.problem, err.file) from None

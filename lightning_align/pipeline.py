@@ -87,7 +87,7 @@ class MultiStageTrainer:
             self._check_family(config, name)
             ACTIONS[action].check(config, f"stages.{name}")
             contexts.append(StageContext(name, config, previous, self.run_dir / name, self.run_dir))
-            previous = self.run_dir / name
+            previous = self.run_dir / name if ACTIONS[action].writes_model else previous
         return contexts
 
     def _check_family(self, config: dict[str, Any], name: str) -> None:

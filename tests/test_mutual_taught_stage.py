@@ -3,6 +3,7 @@ import lightning as L
 import pytest
 import torch
 
+from lightning_align.algorithms.generation_strategies import self_aggregate
 from lightning_align.algorithms.reward_training import RewardFitConfig
 from lightning_align.algorithms.sampling import SamplingConfig
 from lightning_align.callbacks.gold_round_metrics import GoldRoundMetrics
@@ -64,7 +65,7 @@ def test_frozen_reward_ablation_keeps_r0(tiny_lm_dir, rm_dir):
     module, initial, r0 = _run(tiny_lm_dir, rm_dir, rounds=1, refresh=False)
     assert _same(module.reward_model.state_dict(), r0)
     assert not _same(module.model.state_dict(), initial)
-    assert "m_pairs" not in module.rounds[1]
+    assert "m_pairs" not in module.rounds[1] and "e_gsa_chosen" not in module.rounds[1]
 
 
 def test_tau_stop_returns_previous_policy_and_reward_model(tiny_lm_dir, rm_dir):
@@ -94,3 +95,19 @@ def test_gold_metrics_score_exactly_the_pairs_the_reward_stage_held_out(tmp_path
 def test_reward_refresh_must_follow_preference_refresh(tiny_lm_dir, rm_dir):
     with pytest.raises(ConfigError, match="trainer.callbacks.*after PreferenceRefresh"):
         _run(tiny_lm_dir, rm_dir, rounds=1, callbacks=[RewardRefresh(), PreferenceRefresh()])
+
+
+def test_self_aggregation_adds_the_gsa_answer_to_the_ranked_pool(tiny_lm_dir, rm_dir):
+    callback = PreferenceRefresh(num_samples=3, sampling=SAMPLING, self_aggregation=True)
+    module = PolicyModule(ModelSpec(path=str(tiny_lm_dir)), reward_model=str(rm_dir))
+    prompts = ["the quick", "a class defines"]
+    pool = callback.candidate_pool(module, prompts, 0)
+    samples = PreferenceRefresh(num_samples=3, sampling=SAMPLING).candidate_pool(module, prompts, 0)
+    assert [group[:3] for group in pool] == samples
+    assert [group[3] for group in pool] == self_aggregate(module.model, module.tokenizer, prompts, samples, SAMPLING)
+    with_gsa, _, _ = _run(tiny_lm_dir, rm_dir, rounds=1, callbacks=[
+        callback, RewardRefresh(RewardFitConfig(epochs=1, batch_size=8), SAMPLING),
+        GoldRoundMetrics(num_pairs=40, sampling=SAMPLING)])
+    assert 0.0 <= with_gsa.rounds[1]["e_gsa_chosen"] <= 1.0 and with_gsa.rounds[1]["e_pairs"] > 0
+    with pytest.raises(ConfigError, match="aggregation_template"):
+        PreferenceRefresh(self_aggregation=True, aggregation_template="{candidates} only")

@@ -103,3 +103,9 @@ def preference_records(n: int, seed: int, min_gap: float = 0.1) -> list[dict[str
 def task_prompts(n: int, seed: int) -> list[str]:
     """Prompts for the Mutual-Taught loop and evaluation (disjoint from the SFT and RM lines)."""
     return [p for p, _ in _role("prompts", seed)][:n]
+
+
+def heldout_prompts(n: int, seed: int) -> list[str]:
+    """Evaluation prompts taken from the end of the loop prompts: disjoint from the first prompts the Mutual-Taught
+    rounds take (`task_prompts`) as long as both together fit in the role's 1,800-odd lines."""
+    return [p for p, _ in _role("prompts", seed)][::-1][:n]

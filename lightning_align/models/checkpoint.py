@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -47,10 +48,7 @@ def save_model_dir(
     `files` maps file names to text a stage hands on with its model (e.g. the reward model's held-out pairs).
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
         metadata = dict(metadata or {})
         structure = {**model_structure(model), **metadata.get("structure", {})}
         zeroed = zeroed_block_tensors(model) if "zeroed_blocks" in structure else {}
@@ -64,12 +62,23 @@ def save_model_dir(
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
+    return out_dir
+
+
+@contextmanager
+def atomic_dir(out_dir: Path) -> Iterator[Path]:
+    """A temporary sibling to fill; it replaces `out_dir` only when the block completes, and is removed otherwise."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
 
 
 def read_metadata(model_dir: str | Path) -> dict[str, Any]:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from jsonargparse.typing import OpenUnitInterval, PositiveInt
@@ -20,7 +19,7 @@ from transformers import AutoTokenizer
 
 from lightning_align.algorithms.block_pruner import BlockRunner, SearchResult, StopRule, block_pruner
 from lightning_align.algorithms.layer_pruning import block_influence, layer_ppl
-from lightning_align.config import validate_dataclass
+from lightning_align.config import keys_under, validate_dataclass
 from lightning_align.data.calibration import calibration_sets
 from lightning_align.data.corpus import CORPUS_SUFFIXES, EMBEDDED
 from lightning_align.data.loaders import check_source
@@ -75,19 +74,10 @@ class PruneConfig:
         return StopRule(self.num_blocks, self.target_ratio)
 
 
-@contextmanager
-def _keys_under(where: str) -> Iterator[None]:
-    """Name config errors by their full key (``stages.prune.target_ratio``)."""
-    try:
-        yield
-    except ConfigError as err:
-        raise ConfigError(f"{where}.{err.key}", err.problem, err.file) from None
-
-
 def parse_config(values: dict[str, Any], where: str) -> PruneConfig:
     """Typed config with every check that needs no model; ``where`` prefixes the keys in error messages."""
     cfg = validate_dataclass(PruneConfig, values, where)
-    with _keys_under(where):
+    with keys_under(where):
         if (cfg.num_blocks is None) == (cfg.target_ratio is None):
             raise ConfigError("target_ratio", "give exactly one of target_ratio and num_blocks")
         if cfg.target_ratio is not None and not 0 < cfg.target_ratio < 1:
@@ -124,7 +114,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     if model_dir is None:
         problem = "no model to prune: set it, or put this stage after one that writes a model"
         raise ConfigError(f"{where}.model", problem)
-    with _keys_under(where):
+    with keys_under(where):
         check_model_dir(model_dir, cfg)
     return prune(cfg, model_dir, ctx.output_dir, ctx.name, where)
 
@@ -159,7 +149,7 @@ def prune(
         raise ConfigError(f"{where}.model", f"'{model_dir}' has no tokenizer to encode calibration text")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = load_pretrained(model_dir, dtype=torch.float32).eval()
-    with _keys_under(where):
+    with keys_under(where):
         cfg.stop.validate(model)
     calibration, evaluation = calibration_sets(
         tokenizer, cfg.calibration, cfg.block_size, cfg.num_sequences, cfg.val_fraction, cfg.seed
