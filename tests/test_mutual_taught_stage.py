@@ -107,7 +107,7 @@ def test_self_aggregation_adds_the_gsa_answer_to_the_ranked_pool(tiny_lm_dir, rm
     assert [group[3] for group in pool] == self_aggregate(module.model, module.tokenizer, prompts, samples, SAMPLING)
     with_gsa, _, _ = _run(tiny_lm_dir, rm_dir, rounds=1, callbacks=[
         callback, RewardRefresh(RewardFitConfig(epochs=1, batch_size=8), SAMPLING),
-        GoldRoundMetrics(num_pairs=40, sampling=SAMPLING)])
+        GoldRoundMetrics(sampling=SAMPLING)])
     assert 0.0 <= with_gsa.rounds[1]["e_gsa_chosen"] <= 1.0 and with_gsa.rounds[1]["e_pairs"] > 0
     with pytest.raises(ConfigError, match="aggregation_template"):
         PreferenceRefresh(self_aggregation=True, aggregation_template="{candidates} only")

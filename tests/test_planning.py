@@ -41,7 +41,7 @@ def test_test_and_predict_are_not_offered(tmp_path, capsys):
         assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--help"])
-    assert "{run,fit,validate,report,prune}" in capsys.readouterr().out
+    assert "{run,fit,validate,report,prune,generate}" in capsys.readouterr().out
 
 
 def test_a_shared_schedule_stage_trains_for_its_budget(tmp_path):
