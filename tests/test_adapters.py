@@ -13,7 +13,8 @@ from lightning_align.algorithms.reward_training import pair_rewards
 from lightning_align.cli import PACKAGE_CONF, main
 from lightning_align.config import validate_dataclass
 from lightning_align.data.preference import PreferenceDataModule, collate_pairs
-from lightning_align.data.sft import SFTDataModule
+from lightning_align.data.gold_task import sft_records
+from lightning_align.data.sft import SFTDataModule, collate_sft
 from lightning_align.errors import ConfigError
 from lightning_align.models.adapters import ADAPTER_DIR, merged
 from lightning_align.models.checkpoint import read_metadata, save_model_dir
@@ -155,3 +156,17 @@ def test_run_level_lora_reaches_every_training_stage(tmp_path, tiny_lm_dir):
         assert specs[name]["lora"] == {"r": 4} and specs[name]["quantization"] == "4bit", name
     assert specs["mutual_taught"]["path"] == str(tmp_path / "default" / "sft")
     assert "lora" not in specs["evaluate"] and "quantization" not in specs["evaluate"], "evaluation runs the export"
+
+
+@pytest.mark.parametrize("lora", [None, LORA])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_lm_dir, lora):
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # the same adapter initialisation
+        module = SFTModule(ModelSpec(path=str(tiny_lm_dir), lora=lora, gradient_checkpointing=checkpointing), OPTIM)
+        assert module.model.is_gradient_checkpointing == checkpointing
+        batch = collate_sft(module.tokenizer, sft_records(4, 0), 32)
+        module._loss(batch).backward()
+        grads.append({n: p.grad for n, p in module.model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and all(g is not None for g in grads[1].values())
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
