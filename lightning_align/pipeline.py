@@ -30,6 +30,8 @@ from lightning_align.stages.loggers import LoggerSection, check_installed, stage
 
 log = logging.getLogger(__name__)
 TOP_LEVEL_KEYS = {"run", "model", "data", "trainer", "logger", "pipeline", "stages"}
+# How the run-level model trains, handed to every later stage that trains (not what it is: that is the previous output).
+TRAINING_KEYS = ("lora", "quantization", "gradient_checkpointing")
 
 
 def _hash(config: dict[str, Any]) -> str:
@@ -80,7 +82,7 @@ class MultiStageTrainer:
                 raise ConfigError(f"pipeline.stages.{name}", f"unknown action '{action}' (one of {sorted(ACTIONS)})")
             if name not in declared:
                 raise ConfigError(f"pipeline.stages.{name}", f"no config under 'stages.{name}'")
-            config = self._effective(name, declared[name], previous, ACTIONS[action].lightning)
+            config = self._effective(name, declared[name], previous, ACTIONS[action].lightning, action == "fit")
             start = (config.get("model") or {}).get("init_args", {}).get("model") if ACTIONS[action].lightning else None
             if isinstance(start, dict):
                 validate_dataclass(ModelSpec, start, f"stages.{name}.model.init_args.model")
@@ -101,8 +103,10 @@ class MultiStageTrainer:
             except ConfigError as err:
                 raise ConfigError(f"stages.{name}.{reshaping[0]}", f"{err.problem}; model.path is '{path}'") from None
 
-    def _effective(self, name: str, stage: dict[str, Any], previous: Path | None, lightning: bool) -> dict[str, Any]:
-        """Fill a stage config from the run level: trainer defaults, seed, starting model, shared data settings."""
+    def _effective(self, name: str, stage: dict[str, Any], previous: Path | None, lightning: bool,
+                   trains: bool) -> dict[str, Any]:
+        """Fill a stage config from the run level: trainer defaults, seed, starting model (and, for a stage that
+        trains, how: `TRAINING_KEYS`), shared data settings."""
         config = copy.deepcopy(stage)
         if not lightning:
             return config
@@ -115,7 +119,10 @@ class MultiStageTrainer:
         model = config.get("model")
         if "model" in init_arg_names(model):
             init_args = model.setdefault("init_args", {})
-            start = dict(self.config.get("model") or {}) if previous is None else {"path": str(previous)}
+            run_model = dict(self.config.get("model") or {})
+            start = run_model if previous is None else {"path": str(previous)}
+            if trains and previous is not None:
+                start.update({key: run_model[key] for key in TRAINING_KEYS if run_model.get(key) is not None})
             init_args["model"] = {**start, **(init_args.get("model") or {})}
         data = config.get("data")
         accepted = init_arg_names(data)

@@ -7,8 +7,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lightning_align.errors import ConfigError, DataError
 from lightning_align.models.checkpoint import load_pretrained, read_metadata, save_model_dir
-from lightning_align.models.loading import load_model, load_tokenizer
-from lightning_align.models.spec import ModelSpec
+from lightning_align.models.loading import load_dir, load_model, load_tokenizer
+from lightning_align.models.spec import LoraSpec, ModelSpec
 
 
 def test_build_is_reproducible_and_llama(tiny_spec):
@@ -49,7 +49,7 @@ def test_not_a_model_dir(tmp_path):
 
 def test_quantization_needs_a_path(tiny_spec):
     with pytest.raises(ConfigError, match="model.quantization"):
-        load_model(ModelSpec(**{**tiny_spec.__dict__, "quantization": "8bit"}))
+        load_model(ModelSpec(**{**tiny_spec.__dict__, "quantization": "8bit", "lora": LoraSpec()}))
 
 
 def test_8bit_loading_with_bitsandbytes(tiny_spec, tmp_path):
@@ -58,7 +58,7 @@ def test_8bit_loading_with_bitsandbytes(tiny_spec, tmp_path):
     tokenizer = load_tokenizer(tiny_spec)
     model = load_model(tiny_spec, tokenizer).eval()
     out = save_model_dir(model, tokenizer, tmp_path / "m")
-    quantized = load_model(ModelSpec(path=str(out), quantization="8bit")).eval()
+    quantized = load_dir(out, quantization="8bit").eval()
     assert "Linear8bitLt" in type(quantized.model.layers[0].mlp.up_proj).__name__
     ids = torch.randint(3, 300, (1, 16))
     with torch.no_grad():

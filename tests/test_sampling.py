@@ -94,3 +94,32 @@ def test_encode_pairs_truncates_prompt_from_the_left(tokenizer):
     assert ids.shape[1] == 12 and int(mask.sum()) == 12
     assert ids[0].tolist() == p_ids[len(p_ids) + len(r_ids) - 12:] + r_ids
     assert ids[0, response_mask[0]].tolist() == r_ids
+
+
+def test_token_logprobs_match_the_full_log_softmax_and_its_gradient(tiny_lm):
+    """Chunked logsumexp + hand-written backward = log_softmax().gather(), values and gradients, any chunking."""
+    from benchmarks.logprob_memory import full_log_softmax_logprobs
+    from lightning_align.algorithms.sampling import token_logprobs
+
+    logits = (3 * torch.randn(3, 7, 300, dtype=torch.float64)).requires_grad_()
+    targets = torch.randint(0, 300, (3, 7))
+    weights = torch.randn(3, 7, dtype=torch.float64)
+    (expected,) = torch.autograd.grad((full_log_softmax_logprobs(logits, targets).double() * weights).sum(), logits)
+    for chunk in (300, 3 * 300 * 2, 2**22):
+        got = token_logprobs(logits, targets, chunk_elements=chunk)
+        assert torch.allclose(got.double(), full_log_softmax_logprobs(logits, targets).double(), atol=1e-5)
+        (grad,) = torch.autograd.grad((got.double() * weights).sum(), logits)
+        assert torch.allclose(grad, expected, atol=1e-6)
+    ids = torch.randint(3, 300, (2, 12))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        old = full_log_softmax_logprobs(tiny_lm(input_ids=ids).logits[:, :-1], ids[:, 1:]).sum(-1)
+        assert torch.allclose(sequence_logprobs(tiny_lm, ids, mask, mask), old, atol=1e-5)
+
+
+def test_logprob_memory_benchmark_quick_mode_runs(capsys):
+    from benchmarks.logprob_memory import main
+
+    main(["--quick"])
+    out = capsys.readouterr().out
+    assert "full_log_softmax" in out and "ratio (full / variant" in out

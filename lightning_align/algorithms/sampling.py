@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -130,12 +130,44 @@ def sequence_logprobs(
     model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor, average: bool = False
 ) -> Tensor:
     """Sum (or mean, for IPO-style length normalisation) of log π(y_t | x, y_<t) over response tokens: shape [B]."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    targets = input_ids[:, 1:]
-    token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    # Every position gets a target (the last a dummy, dropped after) so the logits are used whole: a slice of them
+    # would cost a full-size zero-filled gradient in the backward pass.
+    token_logps = token_logprobs(logits, torch.nn.functional.pad(input_ids[:, 1:], (0, 1)))[:, :-1]
     mask = response_mask[:, 1:].to(token_logps.dtype)
     total = (token_logps * mask).sum(-1)
     return total / mask.sum(-1).clamp(min=1) if average else total
+
+
+def token_logprobs(logits: Tensor, targets: Tensor, chunk_elements: int = 2**22) -> Tensor:
+    """log softmax(logits)[target] per position, [B, T, V] → [B, T] in fp32, as `log_softmax(...).gather(...)`.
+
+    No full-vocabulary fp32 copy of the logits is made or saved: the log-normaliser is a logsumexp over chunks of
+    about `chunk_elements` logits (upcast one chunk at a time), and the backward pass writes the gradient
+    onehot(target) − softmax straight into one tensor of the logits' shape. At a 150k vocabulary those copies,
+    not the model, dominate a DPO step's memory.
+    """
+    return _TokenLogprobs.apply(logits, targets, max(1, chunk_elements // (logits.shape[0] * logits.shape[-1])))
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, targets: Tensor, rows: int) -> Tensor:
+        normaliser = torch.cat([torch.logsumexp(chunk.float(), dim=-1) for chunk in logits.split(rows, dim=1)], dim=1)
+        ctx.save_for_backward(logits, targets, normaliser)
+        ctx.rows = rows
+        return logits.gather(-1, targets[..., None]).squeeze(-1).float() - normaliser
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        logits, targets, normaliser = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        for start in range(0, logits.shape[1], ctx.rows):
+            rows = slice(start, start + ctx.rows)
+            probs = (logits[:, rows].float() - normaliser[:, rows, None]).exp_()
+            grad_logits[:, rows] = probs.mul_(-grad[:, rows, None])
+        grad_logits.scatter_add_(-1, targets[..., None], grad[..., None].to(grad_logits.dtype))
+        return grad_logits, None, None
 
 
 @torch.no_grad()

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 from transformers import AutoTokenizer, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 from transformers import PreTrainedTokenizerBase
 
 from lightning_align.errors import ConfigError
-from lightning_align.models.checkpoint import load_pretrained
+from lightning_align.models.checkpoint import load_pretrained, read_metadata
 from lightning_align.models.spec import ModelSpec
 from lightning_align.models.tokenizer import embedded_tokenizer
 
@@ -35,14 +36,28 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def quantization_config(spec: ModelSpec) -> BitsAndBytesConfig | None:
-    """bitsandbytes loading for frozen models (reference policy, reward model); runs on CPU and CUDA."""
-    if spec.quantization == "8bit":
+def quantization_config(quantization: Optional[str], dtype: str, model_dir: Path, key: str
+                        ) -> BitsAndBytesConfig | None:
+    """bitsandbytes loading (runs on CPU and CUDA) for a frozen model or a QLoRA base.
+
+    A directory with a recorded structure (pruned blocks or widths) is refused: its weights are loaded into a model
+    rebuilt by `load_pretrained`, not by transformers' quantizing loader, so they would stay full precision.
+    """
+    if quantization is None:
+        return None
+    if read_metadata(model_dir).get("structure"):
+        raise ConfigError(key, f"'{model_dir}' was structurally pruned (lightning_align.json 'structure'), which "
+                          "quantized loading does not support; drop the quantization")
+    if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    if spec.quantization == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=DTYPES[spec.dtype],
-                                  bnb_4bit_quant_type="nf4")
-    return None
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=DTYPES[dtype], bnb_4bit_quant_type="nf4")
+
+
+def load_dir(model_dir: Path, dtype: str = "float32", quantization: Optional[str] = None,
+             key: str = "model.quantization") -> PreTrainedModel:
+    """A causal LM from a model directory, in `dtype`, quantized when asked (`key` names the option on refusal)."""
+    quant = quantization_config(quantization, dtype, model_dir, key)
+    return load_pretrained(model_dir, dtype=DTYPES[dtype], **({} if quant is None else {"quantization_config": quant}))
 
 
 def build_llama(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
@@ -65,8 +80,4 @@ def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase | None = None
         if spec.quantization:
             raise ConfigError("model.quantization", "quantization applies to loaded models; set model.path")
         return build_llama(spec, tokenizer if tokenizer is not None else load_tokenizer(spec))
-    kwargs = {"dtype": DTYPES[spec.dtype]}
-    quant = quantization_config(spec)
-    if quant is not None:
-        kwargs["quantization_config"] = quant
-    return load_pretrained(_model_dir(spec), **kwargs)
+    return load_dir(_model_dir(spec), spec.dtype, spec.quantization)

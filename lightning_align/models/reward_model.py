@@ -6,14 +6,18 @@ responses end with EOS and a tokenizer whose pad token is EOS would make transfo
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import torch
+from peft import PeftModel
 from torch import Tensor
 from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification, PreTrainedModel
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from lightning_align.models.loading import DTYPES, build_llama, _model_dir
-from lightning_align.models.spec import ModelSpec
+from lightning_align.models.loading import DTYPES, build_llama, quantization_config, _model_dir
+from lightning_align.models.spec import ModelSpec, Quantization
 
 
 def load_reward_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
@@ -21,28 +25,41 @@ def load_reward_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> Pr
 
     The head starts at zero so every initial reward is 0 and the first BT gradient is symmetric in the pair.
     """
-    if spec.path is None:
-        config = build_llama(spec, tokenizer).config
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(spec.seed)
-            model = LlamaForSequenceClassification(config.__class__(**{**config.to_dict(), "num_labels": 1}))
-        model = model.to(DTYPES[spec.dtype])
-    else:
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # a causal LM has no head yet and an unused lm_head: expected, not news
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                _model_dir(spec), num_labels=1, local_files_only=True, dtype=DTYPES[spec.dtype])
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        if model.config.architectures and model.config.architectures[0].endswith("ForSequenceClassification"):
-            return model
+    if spec.path is not None:
+        return _from_dir(_model_dir(spec), spec.dtype, spec.quantization, "model.quantization")
+    config = build_llama(spec, tokenizer).config
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = LlamaForSequenceClassification(config.__class__(**{**config.to_dict(), "num_labels": 1}))
     torch.nn.init.zeros_(model.score.weight)
+    return model.to(DTYPES[spec.dtype])
+
+
+def load_frozen_reward_model(model_dir: str | Path, quantization: Optional[Quantization], key: str
+                             ) -> PreTrainedModel:
+    """An RM used only for scoring: eval mode, no gradients, quantized when asked (`key` names that option)."""
+    return _from_dir(Path(model_dir), "float32", quantization, key).eval().requires_grad_(False)
+
+
+def _from_dir(model_dir: Path, dtype: str, quantization: Optional[Quantization], key: str) -> PreTrainedModel:
+    quant = quantization_config(quantization, dtype, model_dir, key)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a causal LM has no head yet and an unused lm_head: expected, not news
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, num_labels=1, local_files_only=True, dtype=DTYPES[dtype],
+            **({} if quant is None else {"quantization_config": quant}))
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if not (model.config.architectures and model.config.architectures[0].endswith("ForSequenceClassification")):
+        torch.nn.init.zeros_(model.score.weight)
     return model
 
 
 def reward_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """Scalar reward per right-padded row, read at its last attended token: shape [B]."""
+    if isinstance(model, PeftModel):  # adapters are injected in place: the wrapped model runs them
+        model = model.get_base_model()
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     last = attention_mask.sum(-1) - 1
     return model.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last]).squeeze(-1).float()

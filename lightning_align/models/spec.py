@@ -5,7 +5,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from jsonargparse.typing import PositiveInt
+from jsonargparse.typing import ClosedUnitInterval, PositiveFloat, PositiveInt
 from omegaconf import OmegaConf
 
 from lightning_align.errors import ConfigError
@@ -20,15 +20,36 @@ BUILT_DEFAULTS: dict[str, Any] = {
     if key in SIZE_KEYS
 }
 
+Quantization = Literal["8bit", "4bit"]  # bitsandbytes int8 (LLM.int8()) or 4-bit NF4
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """Low-rank adapters (LoRA, Hu et al. 2021) on the linear layers named in `target_modules` (None: every linear
+    layer but the output head). Only adapters (and a reward model's scalar head) train; the update is scaled by
+    `alpha / r`. Export merges them into the base weights, so the saved directory is a plain Hugging Face model;
+    `keep_adapters` also saves the adapter alone (PEFT format) under `adapter/`."""
+
+    r: PositiveInt = 8
+    alpha: PositiveFloat = 16.0
+    dropout: ClosedUnitInterval = 0.05
+    target_modules: Optional[tuple[str, ...]] = None
+    keep_adapters: bool = False
+
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to load (`path`) or to build (the size fields).
+    """The model a stage trains: one to load (`path`) or to build (the size fields).
 
     The built model is a LLaMA-architecture `LlamaForCausalLM`; its tokenizer is a byte-level BPE trained on the
     embedded corpus with `vocab_size` entries, so the size fields fully determine a reproducible model. A loaded
     model keeps its own sizes: a spec with `path` and any size is refused, because the sizes would otherwise be
     ignored silently (or, for a width target derived from them, destroy the pretrained model).
+
+    `lora` trains adapters instead of the full model. `quantization` loads the base through bitsandbytes and is
+    only accepted with `lora` (QLoRA): full training of 8/4-bit weights does not work (bitsandbytes layers have no
+    trainable weight, so only the embeddings would learn). Frozen models (KD teacher, scoring reward model) have
+    their own quantization options. `gradient_checkpointing` recomputes activations in the backward pass.
     """
 
     path: Optional[str] = None
@@ -42,7 +63,9 @@ class ModelSpec:
     tie_word_embeddings: Optional[bool] = None
     seed: int = 0
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    quantization: Optional[Literal["8bit", "4bit"]] = None
+    quantization: Optional[Quantization] = None
+    lora: Optional[LoraSpec] = None
+    gradient_checkpointing: bool = False
     chat_template: bool = True
     """Encode prompts through the tokenizer's chat template (if it has one). False drops the template, e.g. to train
     an instruct model on raw text; the saved tokenizer then has none either, so later stages follow."""
@@ -53,6 +76,9 @@ class ModelSpec:
             raise ConfigError(given[0], f"sizes build a new model, but 'path' loads one that keeps its own sizes "
                               f"(enlarging or reshaping a pretrained model is not supported); drop "
                               f"{', '.join(given)} or use model=pretrained / pipeline=pretrained_*")
+        if self.quantization is not None and self.lora is None:
+            raise ConfigError("quantization", f"a {self.quantization} model cannot be fully trained (only its "
+                              "embeddings would learn); add lora (QLoRA) or drop quantization")
 
     def built_sizes(self) -> dict[str, Any]:
         """Every size of the model to build: the spec's own, and the tiny default's where it sets none."""

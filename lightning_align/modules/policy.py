@@ -11,11 +11,13 @@ from jsonargparse.typing import PositiveFloat, PositiveInt
 from lightning_align.algorithms.losses import dpo_loss
 from lightning_align.algorithms.sampling import sequence_logprobs
 from lightning_align.data.preference import collate_pairs
+from lightning_align.errors import ConfigError
 from lightning_align.eval.round_report import write_round_report
 from lightning_align.models.checkpoint import save_model_dir
+from lightning_align.models.adapters import export_model_dir, prepare_for_training
 from lightning_align.models.loading import load_model, load_tokenizer
-from lightning_align.models.reward_model import load_reward_model
-from lightning_align.models.spec import ModelSpec
+from lightning_align.models.reward_model import load_frozen_reward_model
+from lightning_align.models.spec import ModelSpec, Quantization
 from lightning_align.modules.optim import OptimConfig, build_optimizer
 
 REWARD_MODEL_DIR = "reward_model"
@@ -30,20 +32,28 @@ class PolicyModule(L.LightningModule):
 
     `reward_model` (a directory) is the RM r_0 the Mutual-Taught callbacks score with; `reward_refresh: false`
     keeps it frozen across rounds (the iterative-DPO ablation), otherwise `RewardRefresh` refits it each round.
+    A frozen RM may be loaded in 8 or 4 bits (`reward_quantization`); one that is refitted may not.
+    With `model.lora` the policy trains adapters; its reference log-probs are those of the adapted model at
+    annotation time (at the start: the base, since fresh adapters add nothing).
     `rounds` holds one dict of metrics per finished round; `export` writes it as the stage's report.
     """
 
     def __init__(self, model: ModelSpec = ModelSpec(), optim: OptimConfig = OptimConfig(lr=1e-4, warmup_steps=0,
                  min_lr_ratio=1.0, weight_decay=0.0), beta: PositiveFloat = 0.1, ipo: bool = False,
                  max_length: PositiveInt = 64, annotate_batch_size: PositiveInt = 64,
-                 reward_model: Optional[str] = None, reward_refresh: bool = True) -> None:
+                 reward_model: Optional[str] = None, reward_refresh: bool = True,
+                 reward_quantization: Optional[Quantization] = None) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.optim, self.beta, self.ipo, self.max_length = optim, beta, ipo, max_length
-        self.annotate_batch_size, self.reward_model_path, self.reward_refresh = \
-            annotate_batch_size, reward_model, reward_refresh
+        if reward_quantization is not None and reward_refresh:
+            raise ConfigError("model.init_args.reward_quantization", "the reward model is refitted every round "
+                              "(reward_refresh: true), which a quantized model cannot be; set reward_refresh: false "
+                              "or drop reward_quantization")
+        self.spec, self.optim, self.beta, self.ipo, self.max_length = model, optim, beta, ipo, max_length
+        self.annotate_batch_size, self.reward_model_path, self.reward_refresh, self.reward_quantization = \
+            annotate_batch_size, reward_model, reward_refresh, reward_quantization
         self.tokenizer = load_tokenizer(model)
-        self.model = load_model(model, self.tokenizer).train()
+        self.model = prepare_for_training(load_model(model, self.tokenizer), model).train()
         self.reward_model = None
         if reward_model is not None:
             self.reward_model = self.load_base_reward_model()
@@ -51,9 +61,8 @@ class PolicyModule(L.LightningModule):
 
     def load_base_reward_model(self) -> torch.nn.Module:
         """A fresh copy of r_0, frozen: the E-step scores with it and the M-step restarts from it (§4.2)."""
-        rm = load_reward_model(ModelSpec(path=self.reward_model_path), self.tokenizer).eval()
-        rm.requires_grad_(False)
-        return rm
+        return load_frozen_reward_model(self.reward_model_path, self.reward_quantization,
+                                        "model.init_args.reward_quantization")
 
     def _logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return sequence_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
@@ -99,10 +108,13 @@ class PolicyModule(L.LightningModule):
         self.rounds = checkpoint.get("mutual_taught_rounds", [])
 
     def export(self, out_dir: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        """Save the policy; after Mutual-Taught rounds also the last RM (`reward_model/`) and the round report."""
-        out = save_model_dir(self.model, self.tokenizer, out_dir, {**(metadata or {}), "rounds": self.rounds})
+        """Save the policy; after Mutual-Taught rounds also the last RM (`reward_model/`) and the round report.
+
+        A quantized RM is not saved: it was never refitted, so it is r_0, which stays where `reward_model` points."""
+        out = export_model_dir(self.model, self.spec, load_model, self.tokenizer, out_dir,
+                               {**(metadata or {}), "rounds": self.rounds})
         if self.rounds:
-            if self.reward_model is not None:
+            if self.reward_model is not None and self.reward_quantization is None:
                 save_model_dir(self.reward_model, self.tokenizer, out / REWARD_MODEL_DIR, {"kind": "reward_model"})
             write_round_report(self.rounds, out)
         return out

@@ -12,7 +12,7 @@ from torchmetrics.classification import BinaryAccuracy
 
 from lightning_align.algorithms.losses import bradley_terry_loss
 from lightning_align.algorithms.reward_training import pair_rewards
-from lightning_align.models.checkpoint import save_model_dir
+from lightning_align.models.adapters import export_model_dir, prepare_for_training
 from lightning_align.models.loading import load_tokenizer
 from lightning_align.models.reward_model import load_reward_model
 from lightning_align.models.spec import ModelSpec
@@ -34,9 +34,9 @@ class RewardModule(L.LightningModule):
                  margin: Optional[float] = None) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.optim, self.margin = optim, margin
+        self.spec, self.optim, self.margin = model, optim, margin
         self.tokenizer = load_tokenizer(model)
-        self.model = load_reward_model(model, self.tokenizer).train()
+        self.model = prepare_for_training(load_reward_model(model, self.tokenizer), model, heads=("score",)).train()
         self.val_accuracy = BinaryAccuracy()
         self.val_margin = MeanMetric()
         self.heldout_pairs: list[dict[str, Any]] = []
@@ -73,7 +73,8 @@ class RewardModule(L.LightningModule):
         """Save the RM as a Hugging Face directory; `load_reward_model(ModelSpec(path=out_dir), ...)` reloads it."""
         heldout = "".join(json.dumps(pair) + "\n" for pair in self.heldout_pairs)
         files = {HELDOUT_PAIRS: heldout} if heldout else {}
-        return save_model_dir(self.model, self.tokenizer, out_dir, {"kind": "reward_model", **(metadata or {})}, files)
+        return export_model_dir(self.model, self.spec, load_reward_model, self.tokenizer, out_dir,
+                                {"kind": "reward_model", **(metadata or {})}, files)
 
 
 def read_heldout_pairs(reward_model_dir: str | Path) -> list[dict[str, Any]] | None:

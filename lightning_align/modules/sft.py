@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from lightning_align.algorithms.sampling import sequence_logprobs
-from lightning_align.models.checkpoint import save_model_dir
+from lightning_align.models.adapters import export_model_dir, prepare_for_training
 from lightning_align.models.loading import load_model, load_tokenizer
 from lightning_align.models.spec import ModelSpec
 from lightning_align.modules.optim import OptimConfig, build_optimizer
@@ -22,9 +22,9 @@ class SFTModule(L.LightningModule):
                  optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=10, weight_decay=0.0)) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.optim = optim
+        self.spec, self.optim = model, optim
         self.tokenizer = load_tokenizer(model)
-        self.model = load_model(model, self.tokenizer).train()
+        self.model = prepare_for_training(load_model(model, self.tokenizer), model).train()
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logps = sequence_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
@@ -42,4 +42,4 @@ class SFTModule(L.LightningModule):
         return build_optimizer(self.model.named_parameters(), self.optim, int(self.trainer.estimated_stepping_batches))
 
     def export(self, out_dir: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        return save_model_dir(self.model, self.tokenizer, out_dir, metadata)
+        return export_model_dir(self.model, self.spec, load_model, self.tokenizer, out_dir, metadata)

@@ -12,9 +12,9 @@ from torchmetrics.text import Perplexity
 
 from lightning_align.algorithms.losses import distillation_loss
 from lightning_align.errors import ConfigError
-from lightning_align.models.checkpoint import load_pretrained, save_model_dir
-from lightning_align.models.loading import load_model, load_tokenizer
-from lightning_align.models.spec import ModelSpec
+from lightning_align.models.adapters import export_model_dir, prepare_for_training
+from lightning_align.models.loading import load_dir, load_model, load_tokenizer
+from lightning_align.models.spec import ModelSpec, Quantization
 from lightning_align.modules.optim import OptimConfig, build_optimizer
 
 
@@ -22,12 +22,14 @@ from lightning_align.modules.optim import OptimConfig, build_optimizer
 class DistillConfig:
     """Knowledge distillation from a frozen teacher directory (e.g. the enlarged model, IDEA Prune).
 
-    Training loss = (1 - weight) × LM loss + weight × KL(teacher ‖ student) at `temperature`.
+    Training loss = (1 - weight) × LM loss + weight × KL(teacher ‖ student) at `temperature`. The teacher is frozen,
+    so it may be loaded in 8 or 4 bits (`quantization`).
     """
 
     teacher: str
     weight: ClosedUnitInterval = 0.5
     temperature: PositiveFloat = 2.0
+    quantization: Optional[Quantization] = None
 
 
 class StudentModule(L.LightningModule):
@@ -42,7 +44,8 @@ class StudentModule(L.LightningModule):
         self.save_hyperparameters()
         self.spec, self.optim, self.distill = model, optim, distill
         self.tokenizer = load_tokenizer(model)
-        self.model = load_model(model, self.tokenizer).train()  # loaded directories come back in eval mode
+        # loaded directories come back in eval mode
+        self.model = prepare_for_training(load_model(model, self.tokenizer), model).train()
         self.teacher = self._load_teacher(distill) if distill is not None else None
         self.val_ppl = Perplexity()
 
@@ -51,7 +54,8 @@ class StudentModule(L.LightningModule):
         if not (Path(distill.teacher) / "config.json").is_file():
             raise ConfigError("model.init_args.distill.teacher",
                               f"'{distill.teacher}' is not a Hugging Face model directory (no config.json)")
-        return load_pretrained(distill.teacher).requires_grad_(False).eval()
+        return load_dir(Path(distill.teacher), quantization=distill.quantization,
+                        key="model.init_args.distill.quantization").requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> StudentModule:
         """Keep the teacher in eval mode whatever Lightning does to the module tree."""
@@ -93,4 +97,4 @@ class StudentModule(L.LightningModule):
 
     def export(self, out_dir: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Save the model as a Hugging Face directory the next stage (or plain transformers) can load."""
-        return save_model_dir(self.model, self.tokenizer, out_dir, metadata)
+        return export_model_dir(self.model, self.spec, load_model, self.tokenizer, out_dir, metadata)
