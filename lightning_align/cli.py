@@ -45,7 +45,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="a .txt file or a data file with a text column, used whole (default: held-out embedded corpus)")
     prune.add_argument("--method", default="blockpruner", choices=["blockpruner", "layer-ppl", "block-influence"])
     prune.add_argument("--output", required=True, type=Path, help="directory for the pruned model and report.md")
-    prune.add_argument("--num-sequences", type=int, default=32, help="calibration blocks (as many for evaluation)")
+    prune.add_argument("--num-sequences", type=int, default=32, help="calibration blocks the search sees")
+    prune.add_argument("--eval-sequences", type=int,
+                       help="other held-out blocks that measure perplexity for the report (default: --num-sequences)")
+    prune.add_argument("--batch-size", type=int, default=8, help="blocks per forward in the search and evaluation")
+    prune.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index> (default: cpu)")
+    prune.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                       help="precision of the model while pruning and when saved; perplexities stay fp32")
     prune.add_argument("--block-size", type=int, default=128, help="tokens per calibration block")
     prune.add_argument("--no-compare", action="store_true", help="skip the two other methods in the report")
     prune.add_argument("--export", default="compact", choices=["compact", "dense_compatible"],
@@ -109,7 +115,8 @@ def _prune(args: argparse.Namespace) -> None:
     from lightning_align.stages.prune import run_prune_command
 
     values = {"model": args.model, "method": args.method, "target_ratio": args.target_ratio, "num_blocks": args.blocks,
-              "num_sequences": args.num_sequences, "block_size": args.block_size, "compare": not args.no_compare,
+              "num_sequences": args.num_sequences, "eval_sequences": args.eval_sequences, "block_size": args.block_size,
+              "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype, "compare": not args.no_compare,
               "export": args.export}
     if args.calibration is not None:
         values.update(calibration=args.calibration, val_fraction=None)

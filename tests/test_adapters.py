@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import PAIRS, TINY, write_pairs
+from tests.tiny_decoders import FAMILIES, tiny_decoder
 from lightning_align.algorithms.reward_training import pair_rewards
 from lightning_align.cli import PACKAGE_CONF, main
 from lightning_align.config import validate_dataclass
@@ -62,6 +63,27 @@ def test_lora_sft_trains_only_adapters_and_exports_a_plain_merged_model(tmp_path
     assert not any("lora" in name for name, _ in reloaded.named_parameters())
     in_memory = module.model.eval().merge_and_unload()
     ids = torch.randint(3, 300, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, in_memory(ids).logits)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_sft_on_every_family_trains_adapters_and_exports_the_merged_model(tmp_path, tokenizer, family):
+    base = tiny_decoder(family, layers=2, vocab=len(tokenizer))
+    path = save_model_dir(base, tokenizer, tmp_path / family)
+    module = SFTModule(ModelSpec(path=str(path), lora=LORA), OPTIM)
+    trainable = _trainable(module)
+    assert trainable and all("lora_" in name for name in trainable)
+    linears = {n.rsplit(".", 1)[-1] for n, m in base.model.layers.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in trainable} == linears, "every projection adapts"
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    _trainer(2).fit(module, datamodule=_sft_data())
+    after = module.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("lora_" in k for k in changed), "the base stays frozen"
+    reloaded = AutoModelForCausalLM.from_pretrained(module.export(tmp_path / "sft")).eval()
+    in_memory = module.model.eval().merge_and_unload()
+    ids = torch.randint(3, len(tokenizer), (2, 16))
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, in_memory(ids).logits)
 

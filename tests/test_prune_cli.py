@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lightning_align.algorithms.block_pruner import PruneStep, SearchResult
+from lightning_align.algorithms.block_pruner import PruneStep, SearchResult, StopRule, block_pruner
 from lightning_align.cli import PACKAGE_CONF, main
+from lightning_align.data.calibration import split_sizes
 from lightning_align.data.corpus import load_texts
 from lightning_align.models.blocks import Block, remove_blocks
 from lightning_align.models.checkpoint import load_pretrained, read_metadata, save_model_dir
@@ -19,6 +22,7 @@ from lightning_align.run_config import compose
 from lightning_align.errors import ConfigError
 from lightning_align.eval.prune_report import MethodRun, budget_rows
 from lightning_align.stages import ACTIONS
+from lightning_align.stages.prune import METHODS as PRUNE_METHODS
 from tests.conftest import TINY_OVERRIDES
 from tests.tiny_decoders import single_thread, tiny_decoder
 
@@ -69,17 +73,51 @@ def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("dense", ["--blocks", "2", "--calibration", "missing.txt"], "config key 'prune.calibration': file 'missing.txt' not found"),
         ("nowhere", ["--blocks", "2"], "'nowhere' is not a Hugging Face model directory (no config.json)"),
         ("gpt2", ["--blocks", "2"], "model type 'gpt2' has no MHA/MLP block view"),
+        ("dense", ["--blocks", "2", "--device", "gpu"], "config key 'prune.device': expected cpu, cuda or cuda:<index>, got 'gpu'"),
+        ("dense", ["--blocks", "2", "--device", "cuda"], "config key 'prune.device': 'cuda' asked for, but torch sees no CUDA device"),
     ],
 )
 def test_bad_inputs_are_refused_in_one_line_before_any_work(
-    model_dir: Path, gpt2_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, model: str, args: list[str], message: str
+    model_dir: Path, gpt2_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    model: str, args: list[str], message: str
 ) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # no CUDA, on a GPU machine too
     path = {"dense": str(model_dir), "gpt2": str(gpt2_dir)}.get(model, model)
     out = tmp_path / "out"
     assert main(["prune", "--model", path, *args, "--output", str(out), *FAST]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err
     assert not out.exists()
+
+
+def test_sizes_batch_and_dtype_reach_the_search_and_perplexities_stay_fp32(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = {}
+
+    def spy(model: torch.nn.Module, calibration: torch.Tensor, stop: StopRule, batch_size: int) -> SearchResult:
+        seen.update(dtype=next(model.parameters()).dtype, blocks=calibration.size(0), batch_size=batch_size)
+        return block_pruner(model, calibration, stop, batch_size=batch_size)
+
+    monkeypatch.setitem(PRUNE_METHODS, "blockpruner", spy)
+    out = tmp_path / "pruned"
+    args = ["--num-sequences", "2", "--eval-sequences", "3", "--batch-size", "2", "--dtype", "bfloat16", "--no-compare"]
+    assert main(["prune", "--model", str(model_dir), "--blocks", "1", "--output", str(out), "--block-size", "16", *args]) == 0
+    assert seen == {"dtype": torch.bfloat16, "blocks": 2, "batch_size": 2}
+    assert "Calibration: 2 blocks of 16 tokens" in (out / "report.md").read_text()
+    assert "evaluation: 3 other held-out blocks" in (out / "report.md").read_text()
+    metrics = read_metadata(out)["metrics"]
+    assert all(math.isfinite(metrics[k]) and metrics[k] > 1 for k in ("prune/ppl_dense", "prune/ppl_pruned"))
+    saved = load_file(out / "model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.bfloat16}, "saved in the precision it was pruned in"
+
+
+def test_calibration_and_evaluation_share_a_short_source() -> None:
+    for available in range(2, 12):
+        for wanted in range(1, 8):  # equal requests: the even split the two sets always had
+            assert split_sizes(available, wanted, wanted) == (min(wanted, available // 2),) * 2
+    assert split_sizes(40, 32, 3) == (32, 3) and split_sizes(20, 32, 3) == (17, 3) and split_sizes(20, 3, 32) == (3, 17)
+    assert split_sizes(20, 32, 32) == (10, 10)
 
 
 def test_prune_stage_runs_in_a_pipeline_after_checking_its_config(model_dir: Path, tmp_path: Path) -> None:

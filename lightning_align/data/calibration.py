@@ -4,7 +4,8 @@ With ``val_fraction`` given, only the held-out documents of the corpus are used,
 splits them (same ``val_fraction`` and ``seed``), so a model trained by the pipeline is pruned and judged on text it
 never trained on; without it (a calibration file of the user's) the whole source is used. The packed blocks are
 shuffled with ``seed`` and cut into two disjoint sets: the search sees only the calibration set, reports use the
-evaluation set.
+evaluation set. A source too short for both requests is shared rather than refused, so the embedded corpus still
+prunes at large block sizes: each set keeps what the other leaves, and at least half when both ask for more.
 """
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ def calibration_sets(
     source: str,
     block_size: int,
     num_sequences: int,
+    eval_sequences: int,
     val_fraction: float | None,
     seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(calibration, evaluation), each up to ``num_sequences`` blocks of ``block_size`` tokens, disjoint."""
+    """(calibration, evaluation): up to ``num_sequences`` and ``eval_sequences`` blocks of ``block_size`` tokens,
+    disjoint."""
     texts = load_texts(source)
     if val_fraction is not None:
         texts = split_texts(texts, val_fraction, seed)[1]
@@ -36,5 +39,13 @@ def calibration_sets(
     if blocks.size(0) < 2:
         raise DataError(source, f"needs at least 2 blocks of {block_size} tokens for calibration and evaluation")
     order = torch.randperm(blocks.size(0), generator=torch.Generator().manual_seed(seed))
-    per_set = min(num_sequences, blocks.size(0) // 2)
-    return blocks[order[:per_set]], blocks[order[per_set : 2 * per_set]]
+    num_cal, num_eval = split_sizes(blocks.size(0), num_sequences, eval_sequences)
+    return blocks[order[:num_cal]], blocks[order[num_cal : num_cal + num_eval]]
+
+
+def split_sizes(available: int, calibration: int, evaluation: int) -> tuple[int, int]:
+    """How many of ``available`` blocks each set gets: what it asked for, capped at what the other leaves but never
+    below half (equal requests on a short source split it evenly, rounding down, as before the sizes were separate)."""
+    half = available // 2
+    num_cal = min(calibration, max(available - evaluation, half))
+    return num_cal, min(evaluation, max(available - calibration, half), available - num_cal)

@@ -34,6 +34,7 @@ from lightning_align.models.checkpoint import (
     read_model_type,
     save_model_dir,
 )
+from lightning_align.models.loading import DTYPES
 from lightning_align.stages.context import StageContext
 
 METHODS = {"blockpruner": block_pruner, "layer-ppl": layer_ppl, "block-influence": block_influence}
@@ -45,7 +46,11 @@ class PruneConfig:
 
     ``calibration`` is "embedded", a .txt file or a data file with a ``text`` column. With ``val_fraction`` set only
     the held-out documents of that corpus are used, split exactly as the training data (same ``val_fraction`` and
-    ``seed``); ``None`` uses the whole file. ``num_sequences`` blocks of ``block_size`` tokens go to the search and as many others to evaluation.
+    ``seed``); ``None`` uses the whole file. ``num_sequences`` blocks of ``block_size`` tokens go to the search and
+    ``eval_sequences`` other blocks measure held-out perplexity (``None``: as many as ``num_sequences``, so results from
+    before the two were separate stay the same).
+    ``device`` and ``dtype`` say where and in what precision the model is loaded, searched, timed and saved; the
+    perplexities are computed in fp32 whatever ``dtype`` is. A CUDA device that is not there is refused up front.
     ``latency_threads`` pins torch's CPU threads while timing (None: leave torch's setting).
     ``compare`` also runs the two other methods for the report, each stopping once it has removed at least the
     parameter share the chosen method removed (whole layers may overshoot: that is the cost of coarser units).
@@ -60,6 +65,7 @@ class PruneConfig:
     num_blocks: Optional[int] = None
     calibration: str = EMBEDDED
     num_sequences: PositiveInt = 32
+    eval_sequences: Optional[PositiveInt] = None
     block_size: PositiveInt = 128
     batch_size: PositiveInt = 8
     val_fraction: Optional[OpenUnitInterval] = 0.1
@@ -68,6 +74,8 @@ class PruneConfig:
     latency_repeats: PositiveInt = 10
     latency_threads: Optional[PositiveInt] = 1
     export: Export = "compact"
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
     @property
     def stop(self) -> StopRule:
@@ -85,9 +93,26 @@ def parse_config(values: dict[str, Any], where: str) -> PruneConfig:
         if cfg.num_blocks is not None and cfg.num_blocks < 1:
             raise ConfigError("num_blocks", f"must be at least 1, got {cfg.num_blocks}")
         check_source(cfg.calibration, EMBEDDED, "calibration", CORPUS_SUFFIXES)
+        check_device(cfg.device)
         if cfg.model is not None:
             check_model_dir(Path(cfg.model), cfg)
     return cfg
+
+
+def check_device(device: str) -> None:
+    """A device torch can name and this machine has, so a typo or a missing GPU fails before the model loads."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ConfigError("device", f"expected cpu, cuda or cuda:<index>, got '{device}'")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError("device", f"'{device}' asked for, but torch sees no CUDA device here")
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError("device", f"'{device}' asked for, but torch sees only {count} CUDA device(s)")
 
 
 def check_model_dir(model_dir: Path, cfg: PruneConfig) -> None:
@@ -148,11 +173,12 @@ def prune(
     if not (model_dir / "tokenizer.json").is_file() and not (model_dir / "tokenizer_config.json").is_file():
         raise ConfigError(f"{where}.model", f"'{model_dir}' has no tokenizer to encode calibration text")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = load_pretrained(model_dir, dtype=torch.float32).eval()
+    model = load_pretrained(model_dir, dtype=DTYPES[cfg.dtype]).to(cfg.device).eval()
     with keys_under(where):
         cfg.stop.validate(model)
     calibration, evaluation = calibration_sets(
-        tokenizer, cfg.calibration, cfg.block_size, cfg.num_sequences, cfg.val_fraction, cfg.seed
+        tokenizer, cfg.calibration, cfg.block_size, cfg.num_sequences, cfg.eval_sequences or cfg.num_sequences,
+        cfg.val_fraction, cfg.seed,
     )
     names = [cfg.method] + ([m for m in METHODS if m != cfg.method] if cfg.compare else [])
     evaluator = BlockRunner(model, evaluation, cfg.batch_size)
@@ -196,7 +222,7 @@ def prune(
         f"{cfg.block_size} tokens from `{cfg.calibration}`; evaluation: {evaluation.size(0)} other held-out blocks. "
         f"Stop rule: {stop_text}. "
         f"Latency: median of {cfg.latency_repeats} forwards of a {min(cfg.batch_size, evaluation.size(0))}x"
-        f"{cfg.block_size} batch in fp32 on {next(model.parameters()).device} "
+        f"{cfg.block_size} batch in {cfg.dtype} on {next(model.parameters()).device} "
         f"({cfg.latency_threads or torch.get_num_threads()} intra-op threads). Saved model: `{METADATA_FILE}` records "
         f"{'partial-layer removals' if block_structure(pruned) else 'no structure (plain config with fewer layers)'}."
     )
