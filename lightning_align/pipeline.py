@@ -51,6 +51,16 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def check_lora_shape(model: dict[str, Any], config: dict[str, Any], name: str) -> None:
+    """LoRA wraps linear layers in PEFT modules that width pruning cannot slice and block removal cannot take out, so
+    a stage that trains adapters (its own `lora` or the run's, handed on by `TRAINING_KEYS`) may not reshape."""
+    reshaping = reshaping_callbacks(config)
+    if model.get("lora") is not None and reshaping:
+        raise ConfigError(f"stages.{name}.model.init_args.model.lora",
+                          f"LoRA adapters cannot be sliced or removed by the reshaping callback at stages.{name}.{reshaping[0]}; "
+                          "train this stage without lora")
+
+
 class MultiStageTrainer:
     """Plans (validates every stage) before running any, then runs the stages that are not done yet."""
 
@@ -86,6 +96,7 @@ class MultiStageTrainer:
             start = (config.get("model") or {}).get("init_args", {}).get("model") if ACTIONS[action].lightning else None
             if isinstance(start, dict):
                 validate_dataclass(ModelSpec, start, f"stages.{name}.model.init_args.model")
+                check_lora_shape(start, config, name)
             self._check_family(config, name)
             ACTIONS[action].check(config, f"stages.{name}")
             contexts.append(StageContext(name, config, previous, self.run_dir / name, self.run_dir))

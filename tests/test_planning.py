@@ -64,3 +64,12 @@ def test_callback_arguments_are_checked_at_planning(tmp_path, capsys, override, 
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"error: config key '{key}'") and also in line
     assert not tmp_path.joinpath("default").exists(), "nothing may run before every stage is planned"
+
+
+@pytest.mark.parametrize("lora", ["+stages.prune.model.init_args.model.lora={r: 4}", "+model.lora={r: 4}"])
+def test_lora_is_refused_on_a_stage_that_reshapes_the_model(tmp_path, capsys, lora):
+    assert main(["run", f"run.dir={tmp_path}", "pipeline=enlarge_prune", lora]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: config key 'stages.prune.model.init_args.model.lora'")
+    assert "at stages.prune.trainer.callbacks.0;" in line and "sliced or removed" in line
+    assert not tmp_path.joinpath("default").exists()
