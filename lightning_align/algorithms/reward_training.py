@@ -15,6 +15,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_align.algorithms.losses import bradley_terry_loss
+from lightning_align.algorithms.progress import progress_bar
 from lightning_align.data.preference import collate_pairs
 from lightning_align.models.reward_model import reward_scores
 
@@ -49,20 +50,23 @@ def fit_reward_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     rng = random.Random(config.seed)
     model.train()
     stats = {"loss": float("nan"), "accuracy": float("nan")}
-    for _ in range(config.epochs):
-        order = list(records)
-        rng.shuffle(order)
-        losses, accuracies = [], []
-        for start in range(0, len(order), config.batch_size):
-            batch = collate_pairs(tokenizer, order[start:start + config.batch_size], max_length)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss, step_stats = bradley_terry_loss(*pair_rewards(model, batch), config.margin)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            accuracies.append(step_stats["accuracy"].item())
-        if losses:
-            stats = {"loss": sum(losses) / len(losses), "accuracy": sum(accuracies) / len(accuracies)}
+    starts = range(0, len(records), config.batch_size)
+    with progress_bar(config.epochs * len(starts), "reward refit", unit="step") as bar:
+        for _ in range(config.epochs):
+            order = list(records)
+            rng.shuffle(order)
+            losses, accuracies = [], []
+            for start in starts:
+                batch = collate_pairs(tokenizer, order[start:start + config.batch_size], max_length)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                loss, step_stats = bradley_terry_loss(*pair_rewards(model, batch), config.margin)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                accuracies.append(step_stats["accuracy"].item())
+                bar.update()
+            if losses:
+                stats = {"loss": sum(losses) / len(losses), "accuracy": sum(accuracies) / len(accuracies)}
     model.eval()
     return stats

@@ -16,6 +16,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_align.data.preference import Prompt, encode_pairs, encode_prompt, pad_id
+from lightning_align.algorithms.progress import progress_bar
 from lightning_align.errors import ConfigError
 from lightning_align.models.reward_model import reward_scores
 
@@ -112,8 +113,9 @@ def sample_responses(
     model.eval()
     texts: list[str] = []
     try:
-        with _seeded(device, generator):
-            for start in range(0, len(flat), config.batch_size):
+        starts = range(0, len(flat), config.batch_size)
+        with _seeded(device, generator), progress_bar(len(starts), "sampling") as bar:
+            for start in starts:
                 ids, mask = _left_pad(flat[start:start + config.batch_size], pad)
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                      max_new_tokens=config.max_new_tokens, eos_token_id=stops or None, pad_token_id=pad,
@@ -121,6 +123,7 @@ def sample_responses(
                 for row in out[:, ids.shape[1]:].tolist():
                     end = next((i for i, token in enumerate(row) if token in stops), len(row))
                     texts.append(tokenizer.decode(row[:end], skip_special_tokens=True))
+                bar.update()
     finally:
         model.train(was_training)
     return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]

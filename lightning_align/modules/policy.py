@@ -9,6 +9,7 @@ import torch
 from jsonargparse.typing import PositiveFloat, PositiveInt
 
 from lightning_align.algorithms.losses import dpo_loss
+from lightning_align.algorithms.progress import progress_bar
 from lightning_align.algorithms.sampling import sequence_logprobs
 from lightning_align.data.preference import collate_pairs
 from lightning_align.errors import ConfigError
@@ -74,12 +75,15 @@ class PolicyModule(L.LightningModule):
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
-        for start in range(0, len(records), self.annotate_batch_size):
-            chunk = records[start:start + self.annotate_batch_size]
-            batch = {k: v.to(device) for k, v in collate_pairs(self.tokenizer, chunk, self.max_length).items()}
-            logps = self._logps(batch).tolist()
-            for i, record in enumerate(chunk):
-                record["ref_chosen"], record["ref_rejected"] = logps[i], logps[len(chunk) + i]
+        starts = range(0, len(records), self.annotate_batch_size)
+        with progress_bar(len(starts), "reference log-probs") as bar:
+            for start in starts:
+                chunk = records[start:start + self.annotate_batch_size]
+                batch = {k: v.to(device) for k, v in collate_pairs(self.tokenizer, chunk, self.max_length).items()}
+                logps = self._logps(batch).tolist()
+                for i, record in enumerate(chunk):
+                    record["ref_chosen"], record["ref_rejected"] = logps[i], logps[len(chunk) + i]
+                bar.update()
         self.model.train(was_training)
 
     def _step(self, batch: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
