@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("--target-ratio", type=float, help="stop once this share of all parameters is removed")
     stop.add_argument("--blocks", type=int, help="stop after this many blocks")
     prune.add_argument("--calibration",
-                       help="a .txt file or a data file with a text column, used whole (default: held-out embedded corpus)")
+                       help="a .txt file, a data file with a text column or a .npy array of token ids, used whole "
+                            "(default: held-out embedded corpus)")
     prune.add_argument("--method", default="blockpruner", choices=["blockpruner", "layer-ppl", "block-influence"])
     prune.add_argument("--output", required=True, type=Path, help="directory for the pruned model and report.md")
     prune.add_argument("--num-sequences", type=int, default=32, help="calibration blocks the search sees")

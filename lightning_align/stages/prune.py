@@ -20,8 +20,8 @@ from transformers import AutoTokenizer
 from lightning_align.algorithms.block_pruner import BlockRunner, SearchResult, StopRule, block_pruner
 from lightning_align.algorithms.layer_pruning import block_influence, layer_ppl
 from lightning_align.config import keys_under, validate_dataclass
-from lightning_align.data.calibration import calibration_sets
-from lightning_align.data.corpus import CORPUS_SUFFIXES, EMBEDDED
+from lightning_align.data.calibration import CALIBRATION_SUFFIXES, calibration_sets, is_token_ids
+from lightning_align.data.corpus import EMBEDDED
 from lightning_align.data.loaders import check_source
 from lightning_align.errors import ConfigError
 from lightning_align.eval.latency import forward_latency_ms
@@ -44,7 +44,8 @@ METHODS = {"blockpruner": block_pruner, "layer-ppl": layer_ppl, "block-influence
 class PruneConfig:
     """One pruning run. Give exactly one stop rule: ``target_ratio`` (share of all parameters) or ``num_blocks``.
 
-    ``calibration`` is "embedded", a .txt file or a data file with a ``text`` column. With ``val_fraction`` set only
+    ``calibration`` is "embedded", a .txt file, a data file with a ``text`` column or a ``.npy`` file of token ids
+    (1-D integers, one stream; used whole, so ``val_fraction`` must be None). With ``val_fraction`` set only
     the held-out documents of that corpus are used, split exactly as the training data (same ``val_fraction`` and
     ``seed``); ``None`` uses the whole file. ``num_sequences`` blocks of ``block_size`` tokens go to the search and
     ``eval_sequences`` other blocks measure held-out perplexity (``None``: as many as ``num_sequences``, so results from
@@ -92,7 +93,9 @@ def parse_config(values: dict[str, Any], where: str) -> PruneConfig:
             raise ConfigError("target_ratio", f"must be in (0, 1), got {cfg.target_ratio}")
         if cfg.num_blocks is not None and cfg.num_blocks < 1:
             raise ConfigError("num_blocks", f"must be at least 1, got {cfg.num_blocks}")
-        check_source(cfg.calibration, EMBEDDED, "calibration", CORPUS_SUFFIXES)
+        check_source(cfg.calibration, EMBEDDED, "calibration", CALIBRATION_SUFFIXES)
+        if is_token_ids(cfg.calibration) and cfg.val_fraction is not None:
+            raise ConfigError("val_fraction", "a token-id file has no documents to hold out: set it to null")
         check_device(cfg.device)
         if cfg.model is not None:
             check_model_dir(Path(cfg.model), cfg)
