@@ -61,3 +61,24 @@ def test_prune_on_gpu_in_bf16(tmp_path, tiny_lm_dir):
     code = main(["prune", "--model", str(tiny_lm_dir), "--blocks", "1", "--num-sequences", "2", "--block-size", "16",
                  "--no-compare", "--device", "cuda", "--dtype", "bfloat16", "--output", str(tmp_path / "p")])
     assert code == 0 and (tmp_path / "p" / "report.md").is_file()
+
+
+def test_frozen_reward_model_in_4bit_on_gpu(tmp_path, tiny_lm_dir, tokenizer):
+    """A frozen scoring RM loads through bitsandbytes 4-bit on the device and scores like its fp32 self."""
+    import bitsandbytes as bnb
+
+    from lightning_align.algorithms.sampling import score_responses
+    from lightning_align.models.checkpoint import save_model_dir
+    from lightning_align.models.reward_model import load_frozen_reward_model, load_reward_model
+
+    rm = load_reward_model(ModelSpec(path=str(tiny_lm_dir)), tokenizer)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(rm.score.weight, std=0.5)
+    rm_dir = save_model_dir(rm, tokenizer, tmp_path / "rm")
+    prompts, responses = ["the quick", "a class", "the for"] * 2, [" brown fox", " 3.14 42", " iterates"] * 2
+    full = load_frozen_reward_model(rm_dir, None, "reward_quantization").cuda()
+    small = load_frozen_reward_model(rm_dir, "4bit", "reward_quantization").cuda()
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in small.modules())
+    exact = torch.tensor(score_responses(full, tokenizer, prompts, responses, 32))
+    rounded = torch.tensor(score_responses(small, tokenizer, prompts, responses, 32))
+    assert torch.isfinite(rounded).all() and torch.corrcoef(torch.stack([exact, rounded]))[0, 1] > 0.5
