@@ -29,6 +29,8 @@ def _run(tmp_path: Path, capsys: pytest.CaptureFixture, *args: str) -> tuple[int
         ("data.corpus=missing.txt", "stages.pretrain.data.init_args.corpus"),
         ("pipeline.stages.pretrain=train", "pipeline.stages.pretrain"),
         ("+trainer.max_stepz=3", "stages.pretrain.trainer.max_stepz"),
+        ("+stages.mutual_taught.data.init_args.max_length=32", "stages.mutual_taught.data.init_args.max_length"),
+        ("+stages.reward.data.init_args.max_length=32", "stages.reward.data.init_args.max_length"),
     ],
 )
 def test_bad_override_names_key_and_exits_2(tmp_path, capsys, override, key):

@@ -32,8 +32,7 @@ def rm_dir(tmp_path_factory, tiny_lm_dir):
 def _run(tiny_lm_dir, rm_dir, rounds: int, tau: float = 0.0, refresh: bool = True, callbacks=None):
     module = PolicyModule(ModelSpec(path=str(tiny_lm_dir)), OptimConfig(lr=5e-3, warmup_steps=0, min_lr_ratio=1.0),
                           beta=0.5, max_length=32, reward_model=str(rm_dir), reward_refresh=refresh)
-    data = RoundPromptsDataModule(policy_prompts=8, reward_prompts=8, selection_prompts=8, batch_size=4,
-                                  max_length=32)
+    data = RoundPromptsDataModule(policy_prompts=8, reward_prompts=8, selection_prompts=8, batch_size=4)
     callbacks = callbacks or [PreferenceRefresh(num_samples=3, sampling=SAMPLING, tau=tau, checkpoints=2),
                               RewardRefresh(RewardFitConfig(epochs=1, batch_size=8), SAMPLING),
                               GoldRoundMetrics(sampling=SAMPLING)]
@@ -76,7 +75,7 @@ def test_tau_stop_returns_previous_policy_and_reward_model(tiny_lm_dir, rm_dir):
 
 
 def test_gold_metrics_score_exactly_the_pairs_the_reward_stage_held_out(tmp_path, tiny_lm_dir):
-    reward, pairs = RewardModule(ModelSpec(path=str(tiny_lm_dir))), PreferenceDataModule(num_pairs=40, max_length=32)
+    reward, pairs = RewardModule(ModelSpec(path=str(tiny_lm_dir)), max_length=32), PreferenceDataModule(num_pairs=40)
     with torch.random.fork_rng():  # a fresh zero head would rank every response equally
         torch.manual_seed(0)
         torch.nn.init.normal_(reward.model.score.weight, std=0.5)

@@ -172,16 +172,17 @@ class PairSlots(Dataset):
 class PreferenceDataModule(L.LightningDataModule):
     """Train/val pairs for the reward and DPO stages: `path` is a data file (`data/records.py`) or "gold".
 
-    The tokenizer is the LightningModule's; if the module has `annotate(records)` (DPO: reference log-probs, computed
+    The tokenizer and `max_length` are the LightningModule's: a DPO policy's reference log-probs and its training
+    batches must be truncated alike, so the length is written in one place. If the module has `annotate(records)` (DPO: reference log-probs, computed
     once without grad), it runs on every record at setup.
     """
 
     def __init__(self, path: str = GOLD, num_pairs: PositiveInt = 512, val_fraction: OpenUnitInterval = 0.1,
-                 batch_size: PositiveInt = 16, max_length: PositiveInt = 64, seed: int = 0) -> None:
+                 batch_size: PositiveInt = 16, seed: int = 0) -> None:
         super().__init__()
         check_source(path, GOLD)
         self.path, self.num_pairs, self.val_fraction = path, num_pairs, val_fraction
-        self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
+        self.batch_size, self.seed = batch_size, seed
         self.train_set: PairSlots | None = None
         self.val_set: PairSlots | None = None
 
@@ -196,9 +197,9 @@ class PreferenceDataModule(L.LightningDataModule):
         self.train_set, self.val_set = PairSlots(train), PairSlots(val)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        tokenizer = self.trainer.lightning_module.tokenizer
+        module = self.trainer.lightning_module
         return seeded_loader(dataset, self.batch_size, shuffle, self.seed,
-                             lambda records: collate_pairs(tokenizer, records, self.max_length))
+                             lambda records: collate_pairs(module.tokenizer, records, module.max_length))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -29,6 +29,8 @@ class PolicyModule(L.LightningModule):
 
     The reference is the policy as it was when the pairs were annotated (`annotate`): the initial model for a plain
     DPO stage, π_{t-1} at the start of each Mutual-Taught round (§4.1) — so no second model is kept in memory.
+    `max_length` (prompt + response tokens) is the only length of the stage: annotation and the datamodule's
+    batches both truncate with it, so reference and policy always score the same tokens.
     With IPO, log-probs are length-averaged (as its regression target assumes) for policy and reference alike.
 
     `reward_model` (a directory) is the RM r_0 the Mutual-Taught callbacks score with; `reward_refresh: false`
