@@ -73,12 +73,15 @@ class PolicyModule(L.LightningModule):
 
     @torch.no_grad()
     def annotate(self, records: list[dict[str, Any]]) -> None:
-        """Add `ref_chosen`/`ref_rejected` (log-probs of the current policy) to each record, in place."""
+        """Add `ref_chosen`/`ref_rejected` (log-probs of the current policy) to each record, in place.
+
+        Call it inside a trainer run, once the model is on its device: the forward runs under the trainer's precision
+        (e.g. bf16 autocast), as training forwards do, so at step 0 policy and reference log-probs agree."""
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
         starts = range(0, len(records), self.annotate_batch_size)
-        with progress_bar(len(starts), "reference log-probs") as bar:
+        with progress_bar(len(starts), "reference log-probs") as bar, self.trainer.precision_plugin.forward_context():
             for start in starts:
                 chunk = records[start:start + self.annotate_batch_size]
                 batch = {k: v.to(device) for k, v in collate_pairs(self.tokenizer, chunk, self.max_length).items()}
