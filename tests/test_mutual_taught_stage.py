@@ -74,6 +74,29 @@ def test_tau_stop_returns_previous_policy_and_reward_model(tiny_lm_dir, rm_dir):
     assert _same(module.reward_model.state_dict(), r0)
 
 
+class _KeepSnapshots(L.Callback):
+    """Runs before `PreferenceRefresh` at round end, so it sees the snapshots the round selects from."""
+
+    def __init__(self, refresh: PreferenceRefresh) -> None:
+        self.refresh, self.kept = refresh, []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.kept.append(([dict(state) for state in self.refresh._candidates], dict(self.refresh._start_state)))
+
+
+def test_policy_snapshots_live_on_the_cpu_and_the_selected_one_is_restored(tiny_lm_dir, rm_dir):
+    refresh = PreferenceRefresh(num_samples=3, sampling=SAMPLING, tau=0.0, checkpoints=2)
+    keep = _KeepSnapshots(refresh)
+    module, _, _ = _run(tiny_lm_dir, rm_dir, rounds=1, refresh=False, callbacks=[keep, refresh])
+    ((candidates, start),) = keep.kept
+    assert len(candidates) == 2
+    for state in [*candidates, start]:
+        assert all(tensor.device.type == "cpu" for tensor in state.values())
+    model = module.model.state_dict()
+    assert all(start[k].data_ptr() != model[k].data_ptr() for k in model), "a snapshot is a copy, not a view"
+    assert _same(model, candidates[module.rounds[-1]["checkpoint"] - 1])
+
+
 def test_gold_metrics_score_exactly_the_pairs_the_reward_stage_held_out(tmp_path, tiny_lm_dir):
     reward, pairs = RewardModule(ModelSpec(path=str(tiny_lm_dir)), max_length=32), PreferenceDataModule(num_pairs=40)
     with torch.random.fork_rng():  # a fresh zero head would rank every response equally
