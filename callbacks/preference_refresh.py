@@ -27,7 +27,7 @@ class PreferenceRefresh(L.Callback):
     by the RM like the samples; the round row then records how often it became the chosen response. The
     `aggregation_template` matters for a model that does not follow instructions (docs/generation.md).
 
-    During the round, `checkpoints` evenly spaced snapshots of the policy are kept in memory. Round end: each
+    During the round, `checkpoints` evenly spaced snapshots of the policy are kept in CPU memory. Round end: each
     snapshot's responses on the selection prompts are scored by r_{t-1} against π_{t-1}'s (same random draws for
     all, so only the policy differs); the best becomes π_t, or, if its win rate is below τ, π_{t-1} is restored and
     training stops (the paper returns (π_{t-1}, r_{t-1})). Must precede `RewardRefresh` in the callback list.
@@ -59,7 +59,8 @@ class PreferenceRefresh(L.Callback):
 
     @staticmethod
     def _snapshot(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+        """A CPU copy of the policy: k+1 of them live through a round, which device memory need not hold."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in pl_module.model.state_dict().items()}
 
     def candidate_pool(self, pl_module: L.LightningModule, prompts: list[str], round_index: int) -> list[list[str]]:
         """The responses the RM ranks for each prompt: k samples of π_{t-1}, plus their aggregate with GSA on."""

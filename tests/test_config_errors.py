@@ -10,6 +10,8 @@ from lightning_align.cli import PACKAGE_CONF, main
 from lightning_align.config import condense_parser_error
 from tests.conftest import TINY_OVERRIDES
 
+SAMPLING = "stages.mutual_taught.trainer.callbacks.0.init_args.sampling"
+
 
 def _run(tmp_path: Path, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
     code = main(["run", *args, "pipeline=align", f"run.dir={tmp_path / 'runs'}"])
@@ -29,6 +31,11 @@ def _run(tmp_path: Path, capsys: pytest.CaptureFixture, *args: str) -> tuple[int
         ("data.corpus=missing.txt", "stages.pretrain.data.init_args.corpus"),
         ("pipeline.stages.pretrain=train", "pipeline.stages.pretrain"),
         ("+trainer.max_stepz=3", "stages.pretrain.trainer.max_stepz"),
+        ("+stages.mutual_taught.data.init_args.max_length=32", "stages.mutual_taught.data.init_args.max_length"),
+        ("+stages.reward.data.init_args.max_length=32", "stages.reward.data.init_args.max_length"),
+        (f"{SAMPLING}.top_p=0", f"{SAMPLING}.top_p"),
+        (f"{SAMPLING}.temperature=-1", f"{SAMPLING}.temperature"),
+        (f"{SAMPLING}.max_new_tokens=0", f"{SAMPLING}.max_new_tokens"),
     ],
 )
 def test_bad_override_names_key_and_exits_2(tmp_path, capsys, override, key):

@@ -17,7 +17,7 @@ SMALL_ALIGNMENT = [
     "stages.sft.data.init_args.num_records=64", "stages.sft.data.init_args.max_length=32",
     "stages.reward.trainer.max_steps=8", "stages.reward.trainer.val_check_interval=4",
     "+stages.reward.trainer.limit_val_batches=1", "stages.reward.data.init_args.num_pairs=64",
-    "stages.reward.data.init_args.max_length=32",
+    "stages.reward.model.init_args.max_length=32",
     f"{MT}.trainer.max_epochs=2", f"{MT}.model.init_args.max_length=32",
     f"{MT}.data.init_args.policy_prompts=8", f"{MT}.data.init_args.reward_prompts=8",
     f"{MT}.data.init_args.selection_prompts=8", f"{MT}.data.init_args.batch_size=4",

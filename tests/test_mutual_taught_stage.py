@@ -32,8 +32,7 @@ def rm_dir(tmp_path_factory, tiny_lm_dir):
 def _run(tiny_lm_dir, rm_dir, rounds: int, tau: float = 0.0, refresh: bool = True, callbacks=None):
     module = PolicyModule(ModelSpec(path=str(tiny_lm_dir)), OptimConfig(lr=5e-3, warmup_steps=0, min_lr_ratio=1.0),
                           beta=0.5, max_length=32, reward_model=str(rm_dir), reward_refresh=refresh)
-    data = RoundPromptsDataModule(policy_prompts=8, reward_prompts=8, selection_prompts=8, batch_size=4,
-                                  max_length=32)
+    data = RoundPromptsDataModule(policy_prompts=8, reward_prompts=8, selection_prompts=8, batch_size=4)
     callbacks = callbacks or [PreferenceRefresh(num_samples=3, sampling=SAMPLING, tau=tau, checkpoints=2),
                               RewardRefresh(RewardFitConfig(epochs=1, batch_size=8), SAMPLING),
                               GoldRoundMetrics(sampling=SAMPLING)]
@@ -75,8 +74,31 @@ def test_tau_stop_returns_previous_policy_and_reward_model(tiny_lm_dir, rm_dir):
     assert _same(module.reward_model.state_dict(), r0)
 
 
+class _KeepSnapshots(L.Callback):
+    """Runs before `PreferenceRefresh` at round end, so it sees the snapshots the round selects from."""
+
+    def __init__(self, refresh: PreferenceRefresh) -> None:
+        self.refresh, self.kept = refresh, []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.kept.append(([dict(state) for state in self.refresh._candidates], dict(self.refresh._start_state)))
+
+
+def test_policy_snapshots_live_on_the_cpu_and_the_selected_one_is_restored(tiny_lm_dir, rm_dir):
+    refresh = PreferenceRefresh(num_samples=3, sampling=SAMPLING, tau=0.0, checkpoints=2)
+    keep = _KeepSnapshots(refresh)
+    module, _, _ = _run(tiny_lm_dir, rm_dir, rounds=1, refresh=False, callbacks=[keep, refresh])
+    ((candidates, start),) = keep.kept
+    assert len(candidates) == 2
+    for state in [*candidates, start]:
+        assert all(tensor.device.type == "cpu" for tensor in state.values())
+    model = module.model.state_dict()
+    assert all(start[k].data_ptr() != model[k].data_ptr() for k in model), "a snapshot is a copy, not a view"
+    assert _same(model, candidates[module.rounds[-1]["checkpoint"] - 1])
+
+
 def test_gold_metrics_score_exactly_the_pairs_the_reward_stage_held_out(tmp_path, tiny_lm_dir):
-    reward, pairs = RewardModule(ModelSpec(path=str(tiny_lm_dir))), PreferenceDataModule(num_pairs=40, max_length=32)
+    reward, pairs = RewardModule(ModelSpec(path=str(tiny_lm_dir)), max_length=32), PreferenceDataModule(num_pairs=40)
     with torch.random.fork_rng():  # a fresh zero head would rank every response equally
         torch.manual_seed(0)
         torch.nn.init.normal_(reward.model.score.weight, std=0.5)

@@ -47,6 +47,33 @@ def test_dpo_starts_at_ln2_and_learns_preferences(tmp_path, tiny_lm_dir, tokeniz
     assert torch.allclose(logps[3:], batch["ref_rejected"], atol=1e-4)
 
 
+@pytest.mark.parametrize("max_length", [8, 64])
+def test_dpo_starts_at_ln2_whatever_the_length(tmp_path, tiny_lm_dir, max_length):
+    """The module's `max_length` is the only length: reference and policy score the same truncated tokens."""
+    module = PolicyModule(ModelSpec(path=str(tiny_lm_dir)), max_length=max_length)
+    data = PreferenceDataModule(path=write_pairs(tmp_path / "pairs.jsonl", PAIRS), val_fraction=0.25, batch_size=4)
+    start = _trainer(1).validate(module, datamodule=data, verbose=False)[0]
+    assert start["val/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert next(iter(data.val_dataloader()))["input_ids"].shape[1] <= max_length
+
+
+def test_reference_is_scored_under_the_trainers_precision(tmp_path, tiny_lm_dir, tokenizer):
+    """Under bf16 autocast the reference must come from the same autocast forward as the policy's, or step 0 of DPO
+    would already see a policy/reference gap."""
+    module = PolicyModule(ModelSpec(path=str(tiny_lm_dir)))
+    data = PreferenceDataModule(path=write_pairs(tmp_path / "pairs.jsonl", PAIRS), val_fraction=0.25, batch_size=4)
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    start = trainer.validate(module, datamodule=data, verbose=False)[0]
+    assert start["val/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    batch = collate_pairs(tokenizer, data.train_set.records, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logps = sequence_logprobs(module.model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    half = len(data.train_set.records)
+    assert torch.equal(logps[:half].float(), batch["ref_chosen"]) and torch.equal(logps[half:].float(),
+                                                                                   batch["ref_rejected"])
+
+
 def test_ipo_starts_at_its_target_squared(tmp_path, tiny_lm_dir):
     _, _, start, end = _fit(tmp_path, tiny_lm_dir, 10, beta=0.5, ipo=True)
     assert start["val/loss"] == pytest.approx(1.0, abs=1e-5)  # (0 - 1/(2*0.5))^2

@@ -1,6 +1,7 @@
 """The loops Lightning does not run show a bar whose total is the number of steps they then take."""
 import sys
 
+import lightning as L
 import pytest
 from tqdm.auto import tqdm
 
@@ -52,6 +53,7 @@ def test_reward_refit_counts_epochs_times_batches(bars, tiny_lm_dir, tokenizer):
 
 def test_annotation_counts_batches(bars, tiny_lm_dir):
     policy = PolicyModule(ModelSpec(path=str(tiny_lm_dir)), annotate_batch_size=5)
+    policy.trainer = L.Trainer(accelerator="cpu", logger=False)
     policy.annotate([dict(pair) for pair in PAIRS])
     (bar,) = bars
     assert (bar.total, bar.steps) == (3, 3)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
+from jsonargparse.typing import NonNegativeFloat, PositiveInt, restricted_number_type
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -20,19 +21,23 @@ from lightning_align.algorithms.progress import progress_bar
 from lightning_align.errors import ConfigError
 from lightning_align.models.reward_model import reward_scores
 
+NucleusMass = restricted_number_type("NucleusMass", float, [(">", 0), ("<=", 1)], join="and",
+                                     docstring="top_p in (0, 1]: 0 would keep no token, over 1 is no probability")
+
 
 @dataclass
 class SamplingConfig:
     """How responses are drawn. temperature 0 means greedy; paper defaults (Mutual-Taught §5.1): 0.8 / 0.95.
 
     Sampling is temperature + nucleus only (transformers' default top-k of 50 is switched off); other decoding
-    settings in the model's own `generation_config` still apply.
+    settings in the model's own `generation_config` still apply. The field types are checked when a config is parsed,
+    so a bad value in a callback's `sampling:` is refused at planning, named by its full key.
     """
 
-    max_new_tokens: int = 24
-    temperature: float = 0.8
-    top_p: float = 0.95
-    batch_size: int = 64
+    max_new_tokens: PositiveInt = 24
+    temperature: NonNegativeFloat = 0.8
+    top_p: NucleusMass = 0.95
+    batch_size: PositiveInt = 64
 
 
 def _left_pad(seqs: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:

@@ -172,16 +172,19 @@ class PairSlots(Dataset):
 class PreferenceDataModule(L.LightningDataModule):
     """Train/val pairs for the reward and DPO stages: `path` is a data file (`data/records.py`) or "gold".
 
-    The tokenizer is the LightningModule's; if the module has `annotate(records)` (DPO: reference log-probs, computed
-    once without grad), it runs on every record at setup.
+    The tokenizer and `max_length` are the LightningModule's: a DPO policy's reference log-probs and its training
+    batches must be truncated alike, so the length is written in one place. If the module has `annotate(records)`
+    (DPO: reference log-probs, computed once without grad), the first loader built runs it on every train and val
+    record: by then Lightning has moved the model to its device, and annotating both sets at once makes the initial
+    model the reference of both, whichever of fit or validate comes first.
     """
 
     def __init__(self, path: str = GOLD, num_pairs: PositiveInt = 512, val_fraction: OpenUnitInterval = 0.1,
-                 batch_size: PositiveInt = 16, max_length: PositiveInt = 64, seed: int = 0) -> None:
+                 batch_size: PositiveInt = 16, seed: int = 0) -> None:
         super().__init__()
         check_source(path, GOLD)
         self.path, self.num_pairs, self.val_fraction = path, num_pairs, val_fraction
-        self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
+        self.batch_size, self.seed = batch_size, seed
         self.train_set: PairSlots | None = None
         self.val_set: PairSlots | None = None
 
@@ -189,16 +192,15 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         train, val = split_records(load_pairs(self.path, self.num_pairs, self.seed), self.val_fraction, self.seed)
-        annotate: Callable[[list[dict]], None] | None = getattr(self.trainer.lightning_module, "annotate", None)
-        if annotate is not None:
-            annotate(train)
-            annotate(val)
         self.train_set, self.val_set = PairSlots(train), PairSlots(val)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        tokenizer = self.trainer.lightning_module.tokenizer
+        module = self.trainer.lightning_module
+        annotate: Callable[[list[dict]], None] | None = getattr(module, "annotate", None)
+        if annotate is not None:
+            annotate([r for r in self.train_set.records + self.val_set.records if "ref_chosen" not in r])
         return seeded_loader(dataset, self.batch_size, shuffle, self.seed,
-                             lambda records: collate_pairs(tokenizer, records, self.max_length))
+                             lambda records: collate_pairs(module.tokenizer, records, module.max_length))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -29,6 +29,8 @@ class PolicyModule(L.LightningModule):
 
     The reference is the policy as it was when the pairs were annotated (`annotate`): the initial model for a plain
     DPO stage, π_{t-1} at the start of each Mutual-Taught round (§4.1) — so no second model is kept in memory.
+    `max_length` (prompt + response tokens) is the only length of the stage: annotation and the datamodule's
+    batches both truncate with it, so reference and policy always score the same tokens.
     With IPO, log-probs are length-averaged (as its regression target assumes) for policy and reference alike.
 
     `reward_model` (a directory) is the RM r_0 the Mutual-Taught callbacks score with; `reward_refresh: false`
@@ -71,12 +73,15 @@ class PolicyModule(L.LightningModule):
 
     @torch.no_grad()
     def annotate(self, records: list[dict[str, Any]]) -> None:
-        """Add `ref_chosen`/`ref_rejected` (log-probs of the current policy) to each record, in place."""
+        """Add `ref_chosen`/`ref_rejected` (log-probs of the current policy) to each record, in place.
+
+        Call it inside a trainer run, once the model is on its device: the forward runs under the trainer's precision
+        (e.g. bf16 autocast), as training forwards do, so at step 0 policy and reference log-probs agree."""
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
         starts = range(0, len(records), self.annotate_batch_size)
-        with progress_bar(len(starts), "reference log-probs") as bar:
+        with progress_bar(len(starts), "reference log-probs") as bar, self.trainer.precision_plugin.forward_context():
             for start in starts:
                 chunk = records[start:start + self.annotate_batch_size]
                 batch = {k: v.to(device) for k, v in collate_pairs(self.tokenizer, chunk, self.max_length).items()}

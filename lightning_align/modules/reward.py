@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
+from jsonargparse.typing import PositiveInt
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy
 
@@ -25,16 +26,17 @@ class RewardModule(L.LightningModule):
     """Scalar-head RM on a causal-LM backbone; loss −log σ(r(y_w) − r(y_l) − margin).
 
     `model.path` may be a causal LM (e.g. the SFT output: its backbone gets a fresh head) or an RM directory.
+    `max_length` (prompt + response tokens) truncates the pairs the datamodule batches for it.
     Logs `train/loss`, `val/loss`, `rm/accuracy` (share of pairs ranked right) and `rm/margin` (mean r_w − r_l).
     The export carries the datamodule's validation pairs (`heldout_pairs.jsonl`), so later evaluation of this RM
     uses exactly its held-out set instead of re-deriving the split.
     """
 
     def __init__(self, model: ModelSpec = ModelSpec(), optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=5),
-                 margin: Optional[float] = None) -> None:
+                 margin: Optional[float] = None, max_length: PositiveInt = 64) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.spec, self.optim, self.margin = model, optim, margin
+        self.spec, self.optim, self.margin, self.max_length = model, optim, margin, max_length
         self.tokenizer = load_tokenizer(model)
         self.model = prepare_for_training(load_reward_model(model, self.tokenizer), model, heads=("score",)).train()
         self.val_accuracy = BinaryAccuracy()

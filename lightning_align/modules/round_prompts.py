@@ -23,16 +23,15 @@ class RoundPromptsDataModule(L.LightningDataModule):
     split of `policy_prompts` per round, `reward_prompts` for the M-step, `selection_prompts` held out for
     checkpoint selection (§5.1). An epoch has `policy_prompts` pair slots; `PreferenceRefresh` fills them with the
     round's pairs before the first batch (prompts without a preference leave their slot to a repeated pair).
+    Pairs are truncated to the policy's `max_length`, the length its reference log-probs were computed at.
     """
 
     def __init__(self, prompts: str = GOLD, policy_prompts: PositiveInt = 64, reward_prompts: PositiveInt = 64,
-                 selection_prompts: PositiveInt = 48, batch_size: PositiveInt = 8, max_length: PositiveInt = 64,
-                 seed: int = 0) -> None:
+                 selection_prompts: PositiveInt = 48, batch_size: PositiveInt = 8, seed: int = 0) -> None:
         super().__init__()
         check_source(prompts, GOLD, "data.init_args.prompts")
         self.prompts, self.policy_prompts, self.reward_prompts = prompts, policy_prompts, reward_prompts
-        self.selection_prompts, self.batch_size, self.max_length, self.seed = \
-            selection_prompts, batch_size, max_length, seed
+        self.selection_prompts, self.batch_size, self.seed = selection_prompts, batch_size, seed
         self.splits: PromptSplits | None = None
         self.train_set = PairSlots([], slots=policy_prompts)
 
@@ -58,6 +57,6 @@ class RoundPromptsDataModule(L.LightningDataModule):
         self.train_set.records = records
 
     def train_dataloader(self) -> DataLoader:
-        tokenizer = self.trainer.lightning_module.tokenizer
+        module = self.trainer.lightning_module
         return seeded_loader(self.train_set, self.batch_size, True, self.seed,
-                             lambda records: collate_pairs(tokenizer, records, self.max_length))
+                             lambda records: collate_pairs(module.tokenizer, records, module.max_length))

@@ -11,10 +11,10 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-from lightning_align.config import RunSection, parser_error_to_config_error
+from lightning_align.config import RunSection, keys_under, parser_error_to_config_error
 from lightning_align.errors import ConfigError
 from lightning_align.stages.context import StageContext
-from lightning_align.stages.trainer_args import build_callbacks, steps_from_schedule
+from lightning_align.stages.trainer_args import build_callbacks, check_callbacks, steps_from_schedule
 
 
 class StageCLI(LightningCLI):
@@ -80,6 +80,8 @@ def check_stage_config(config: dict[str, Any], where: str, file: str | None = No
         _ParseOnlyCLI(args=copy.deepcopy(config), run=False)  # the parser turns nested class_path dicts into Namespaces
     except Exception as err:
         _raise_wrapped_config_error(err, f"{where}.", file)
+        with keys_under(where):
+            check_callbacks((config.get("trainer") or {}).get("callbacks"))
         raise parser_error_to_config_error(err, prefix=f"{where}.", file=file) from None
     data = config.get("data")
     if isinstance(data, dict) and "class_path" in data:

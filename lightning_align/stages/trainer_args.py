@@ -12,15 +12,34 @@ import lightning as L
 from jsonargparse import ArgumentParser, Namespace
 
 from lightning_align.callbacks.shared_schedule import SharedSchedule
+from lightning_align.config import condense_parser_error
 from lightning_align.errors import ConfigError
 
 UNSET_MAX_STEPS = -1  # Lightning's default: no step limit
 
 
-def build_callbacks(callbacks: Namespace | list[Namespace] | None) -> list[L.Callback]:
-    """The parsed `trainer.callbacks` built; a constructor's `ConfigError` gets the callback's full key."""
+def _callback_parser() -> ArgumentParser:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--callback", type=L.Callback)
+    return parser
+
+
+def check_callbacks(callbacks: Any) -> None:
+    """Parse each callback of a raw `trainer.callbacks` list alone, raising `ConfigError` named
+    `trainer.callbacks.<i>...`: a parse of the whole list reports a bad argument without the callback's index."""
+    parser = _callback_parser()
+    for i, callback in enumerate(callbacks if isinstance(callbacks, list) else []):
+        try:
+            parser.parse_object({"callback": callback})
+        except Exception as err:  # jsonargparse raises argparse.ArgumentError or its own subclasses
+            key, problem = condense_parser_error(str(err))
+            inner = key.partition(".")[2]
+            raise ConfigError(f"trainer.callbacks.{i}" + (f".{inner}" if inner else ""), problem) from None
+
+
+def build_callbacks(callbacks: Namespace | list[Namespace] | None) -> list[L.Callback]:
+    """The parsed `trainer.callbacks` built; a constructor's `ConfigError` gets the callback's full key."""
+    parser = _callback_parser()
     built = []
     for i, callback in enumerate(callbacks if isinstance(callbacks, list) else [callbacks] if callbacks else []):
         try:
