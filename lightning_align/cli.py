@@ -143,6 +143,9 @@ def _log_to_stderr() -> None:
         handler.setFormatter(logging.Formatter("[lightning_align] %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    # On CPUs with AVX512-BF16, bitsandbytes warns at import that an optional kernel from the hub is missing; its
+    # built-in CPU path is used instead and nothing can be fetched offline, so the line is noise on every command.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
