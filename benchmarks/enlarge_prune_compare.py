@@ -1,17 +1,20 @@
 """Integrated enlarge → prune → recover vs. the target size from scratch vs. the naive pipeline (IDEA Prune).
 
-Runs `pipeline=enlarge_prune` (and its `_kd` variant), `pipeline=naive_prune` and `pipeline=baseline_target` with
-the same total step budget, then writes `<out>/report.md`: final held-out perplexity at equal parameter count (ratio
-to the baseline) and `<out>/lr.png`, the LR curves against the global step with stage boundaries.
+Runs `pipeline=enlarge_prune` (with AdamW moments carried across stages, and again without), its `_kd` variant,
+`pipeline=naive_prune` and `pipeline=baseline_target` with the same total step budget, then writes
+`<out>/report.md`: final held-out perplexity at equal parameter count (ratio to the baseline) and `<out>/lr.png`, the
+LR curves against the global step with stage boundaries.
 
     python benchmarks/enlarge_prune_compare.py            # the embedded default, a few minutes per pipeline on CPU
     python benchmarks/enlarge_prune_compare.py --quick    # tiny model, seconds: checks that the comparison runs
+    python benchmarks/enlarge_prune_compare.py --arms enlarge_prune enlarge_prune_no_carry naive_prune baseline_target
 """
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -21,7 +24,14 @@ from lightning_align.pipeline import MultiStageTrainer
 from lightning_align.run_config import compose
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-PIPELINES = ("enlarge_prune", "enlarge_prune_kd", "naive_prune", "baseline_target")
+# arm -> (pipeline, extra overrides); every arm runs under its own name in `<out>/<arm>/`
+ARMS = {
+    "enlarge_prune": ("enlarge_prune", []),
+    "enlarge_prune_no_carry": ("enlarge_prune", ["pipeline.schedule.carry_optimizer_state=false"]),
+    "enlarge_prune_kd": ("enlarge_prune_kd", []),
+    "naive_prune": ("naive_prune", []),
+    "baseline_target": ("baseline_target", []),
+}
 PRUNED = ("enlarge_prune", "enlarge_prune_kd", "naive_prune")
 
 
@@ -31,10 +41,11 @@ def split_budget(total: int) -> dict[str, int]:
     return {"enlarge": total - 2 * prune, "prune": prune, "recover": prune}
 
 
-def overrides(pipeline: str, out: Path, total: int, quick: bool, batch_size: int | None = None,
+def overrides(arm: str, out: Path, total: int, quick: bool, batch_size: int | None = None,
               corpus: str | None = None, seed: int | None = None) -> list[str]:
-    """Hydra overrides giving every pipeline the same total steps (and, with `--quick`, a tiny model)."""
-    args = [f"pipeline={pipeline}", f"run.dir={out}", f"run.name={pipeline}", "+trainer.enable_progress_bar=false"]
+    """Hydra overrides giving every arm the same total steps (and, with `--quick`, a tiny model)."""
+    pipeline, extra = ARMS[arm]
+    args = [f"pipeline={pipeline}", f"run.dir={out}", f"run.name={arm}", "+trainer.enable_progress_bar=false", *extra]
     if corpus is not None:
         args.append(f"data.corpus={corpus}")
     budgets = split_budget(total)
@@ -67,15 +78,15 @@ def overrides(pipeline: str, out: Path, total: int, quick: bool, batch_size: int
 
 
 def run_all(out: Path, total: int, quick: bool, batch_size: int | None = None, corpus: str | None = None,
-            seed: int | None = None) -> list[dict]:
+            seed: int | None = None, arms: Sequence[str] = tuple(ARMS)) -> list[dict]:
     rows = []
-    for pipeline in PIPELINES:
+    for arm in arms:
         start = time.perf_counter()
-        args = overrides(pipeline, out, total, quick, batch_size, corpus, seed)
+        args = overrides(arm, out, total, quick, batch_size, corpus, seed)
         trainer = MultiStageTrainer(compose(CONF, "config", args))
         results = trainer.run()
         model = load_pretrained(trainer.run_dir / "evaluate")
-        rows.append({"pipeline": pipeline, "ppl": results["evaluate"]["val/ppl"],
+        rows.append({"pipeline": arm, "ppl": results["evaluate"]["val/ppl"],
                      "params": sum(p.numel() for p in model.parameters()),
                      "ffn": model.config.intermediate_size, "seconds": time.perf_counter() - start,
                      "lr": read_lr_curve(trainer.run_dir, [c.name for c in trainer.stages])})
@@ -108,10 +119,14 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (shared CPUs time badly with more)")
     parser.add_argument("--out", type=Path, default=Path("runs/enlarge_prune_compare"))
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
+                        help="which arms to run, in this order (default: all; baseline_target gives the ratio column)")
     args = parser.parse_args(argv)
+    if "baseline_target" not in args.arms:
+        parser.error("--arms must include baseline_target: every perplexity is reported as a ratio to it")
     torch.set_num_threads(args.threads)
     total = args.steps or (16 if args.quick else 400)
-    rows = run_all(args.out, total, args.quick, args.batch_size, args.corpus, args.seed)
+    rows = run_all(args.out, total, args.quick, args.batch_size, args.corpus, args.seed, args.arms)
     return write_report(rows, args.out, total)
 
 

@@ -4,7 +4,8 @@ IDEA Prune (arXiv 2503.05920): interleave pruning with training so the survivors
 what goes. Scores and masks come from `lightning_align.algorithms.width_pruner.WidthPruner`; the kept width follows
 its cubic schedule between `start_step` and `end_step` (stage-local optimizer steps). During the stage pruned neurons
 are masked, so parameter and Adam-moment shapes never change; when training ends the masks become surgery
-(`slice_mlp_widths`), and the next stage starts a fresh optimizer on the smaller model.
+(`slice_mlp_widths`), which slices the optimizer's AdamW moments with the same keep indices, so a stage that carries
+its optimizer state (`StudentModule(carry_optimizer_state=True)`) hands on moments shaped like the smaller model.
 """
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ class GradualWidthPruning(pl.Callback):
         present = mlp_modules(pl_module.model)  # block removal may have taken some MLPs out already
         keep = [index for mlp, index in zip(self.pruner.mlps, self.pruner.keep_indices())
                 if any(mlp is other for other in present)]
-        slice_mlp_widths(pl_module.model, keep)
+        slice_mlp_widths(pl_module.model, keep, trainer.optimizers)
 
     def state_dict(self) -> dict[str, Any]:
         return self.pruner.state_dict() if self.pruner is not None else {}

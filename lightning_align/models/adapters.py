@@ -60,7 +60,7 @@ def merged(model: PreTrainedModel, spec: ModelSpec, load_base: BaseLoader,
 
 def export_model_dir(model: PreTrainedModel, spec: ModelSpec, load_base: BaseLoader,
                      tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, metadata: dict[str, Any] | None = None,
-                     files: dict[str, str] | None = None) -> Path:
+                     files: dict[str, str | bytes] | None = None) -> Path:
     """`save_model_dir` of the merged model; with `lora.keep_adapters` the adapter (PEFT format) goes to `adapter/`."""
     out = save_model_dir(merged(model, spec, load_base, tokenizer), tokenizer, out_dir, metadata, files)
     if spec.lora is not None and spec.lora.keep_adapters:

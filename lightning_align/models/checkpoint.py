@@ -41,11 +41,12 @@ def save_model_dir(
     tokenizer: PreTrainedTokenizerBase | None,
     out_dir: str | Path,
     metadata: dict[str, Any] | None = None,
-    files: dict[str, str] | None = None,
+    files: dict[str, str | bytes] | None = None,
 ) -> Path:
     """Write to a temporary sibling, then rename: a crash never leaves a half-written directory behind.
 
-    `files` maps file names to text a stage hands on with its model (e.g. the reward model's held-out pairs).
+    `files` maps file names to what a stage hands on with its model: text (the reward model's held-out pairs) or
+    bytes (the AdamW moments of `models.adam_moments`).
     """
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
@@ -60,8 +61,8 @@ def save_model_dir(
         if structure:
             metadata["structure"] = structure
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
-        for name, text in (files or {}).items():
-            (tmp / name).write_text(text)
+        for name, content in (files or {}).items():
+            (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     return out_dir
 
 

@@ -10,12 +10,13 @@ replayed by `resize_mlp_widths` before the weights are loaded.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from lightning_align.models.adam_moments import move_moments
 from lightning_align.models.blocks import RemovedMLP, decoder_layers
 
 
@@ -38,22 +39,33 @@ def mlp_widths(model: PreTrainedModel) -> list[int]:
     return [mlp.down_proj.in_features for mlp in mlp_modules(model)]
 
 
-def _sliced_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
-    """A new Linear keeping `index` along the weight's `dim` (0 = output rows, 1 = input columns)."""
-    weight = linear.weight.detach().index_select(dim, index.to(linear.weight.device))
+def _sliced_linear(linear: nn.Linear, index: torch.Tensor, dim: int,
+                   optimizers: Sequence[torch.optim.Optimizer] = ()) -> nn.Linear:
+    """A new Linear keeping `index` along the weight's `dim` (0 = output rows, 1 = input columns); each optimizer
+    holding the old tensors gets the new ones, with their moments sliced the same way."""
+    def select(along: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda tensor: tensor.index_select(along, index.to(tensor.device))
+
+    keep_weight, keep_bias = select(dim), (select(0) if dim == 0 else lambda tensor: tensor)
+    weight = keep_weight(linear.weight.detach())
     out_features, in_features = weight.shape
     sliced = nn.Linear(in_features, out_features, bias=linear.bias is not None,
                        device=weight.device, dtype=weight.dtype)
-    sliced.weight.data.copy_(weight)
-    if linear.bias is not None:
-        bias = linear.bias.detach()
-        sliced.bias.data.copy_(bias.index_select(0, index.to(bias.device)) if dim == 0 else bias)
-    sliced.weight.requires_grad_(linear.weight.requires_grad)
+    for name, keep in (("weight", keep_weight), ("bias", keep_bias)):
+        old, new = getattr(linear, name), getattr(sliced, name)
+        if old is not None:
+            new.data.copy_(keep(old.detach()))
+            new.requires_grad_(old.requires_grad)
+            move_moments(optimizers, old, new, keep)
     return sliced
 
 
-def slice_mlp_widths(model: PreTrainedModel, keep: Sequence[torch.Tensor]) -> PreTrainedModel:
+def slice_mlp_widths(model: PreTrainedModel, keep: Sequence[torch.Tensor],
+                     optimizers: Sequence[torch.optim.Optimizer] = ()) -> PreTrainedModel:
     """Keep intermediate neurons `keep[i]` (sorted indices) of layer `i`, in place; returns the model.
+
+    `optimizers` that train the model keep training it: their AdamW moments are sliced with the same indices
+    (`models.adam_moments.move_moments`), so the surgery never separates a weight from its moments.
 
     When every layer ends with the same width, `config.intermediate_size` is set to it so the saved model is a plain
     HF checkpoint; otherwise the config keeps its original width and `width_structure` must go into the metadata.
@@ -66,8 +78,8 @@ def slice_mlp_widths(model: PreTrainedModel, keep: Sequence[torch.Tensor]) -> Pr
         width = mlp.down_proj.in_features
         for name, halves in input_projections(mlp):
             rows = torch.cat([index + half * width for half in range(halves)])
-            setattr(mlp, name, _sliced_linear(getattr(mlp, name), rows, 0))
-        mlp.down_proj = _sliced_linear(mlp.down_proj, index, 1)
+            setattr(mlp, name, _sliced_linear(getattr(mlp, name), rows, 0, optimizers))
+        mlp.down_proj = _sliced_linear(mlp.down_proj, index, 1, optimizers)
         mlp.intermediate_size = int(index.numel())
     widths = set(mlp_widths(model))
     if len(widths) == 1:
