@@ -1,4 +1,5 @@
-"""End to end: enlarge/prune pipelines and the baseline run (`--quick`) at equal size, with the promised LR curves."""
+"""End to end: enlarge/prune pipelines and the baseline run (`--quick`) at equal size, with the promised LR curves
+and the AdamW moments handed from stage to stage only where carrying is on."""
 from __future__ import annotations
 
 import sys
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lightning_align.algorithms.schedule import RunSchedule
+from lightning_align.models.adam_moments import read_moments
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import enlarge_prune_compare  # noqa: E402
@@ -22,7 +24,13 @@ def test_quick_comparison_runs_at_equal_size_with_one_shared_curve(tmp_path: Pat
     by_name = {row["pipeline"]: row for row in rows}
     assert {row["params"] for row in rows} == {by_name["baseline_target"]["params"]}
     assert {row["ffn"] for row in rows} == {32}
-    assert list(by_name) == ["enlarge_prune", "enlarge_prune_kd", "naive_prune", "baseline_target"]
+    assert list(by_name) == ["enlarge_prune", "enlarge_prune_no_carry", "enlarge_prune_kd", "naive_prune",
+                             "baseline_target"]
+    moments = read_moments(tmp_path / "enlarge_prune" / "prune")
+    assert moments["model.layers.0.mlp.down_proj.weight"]["exp_avg"].shape[1] == 32, "moments cut with the neurons"
+    assert int(moments["model.norm.weight"]["step"]) == 12, "the prune stage continued the enlarge stage's AdamW"
+    assert all(read_moments(tmp_path / arm / "prune") is None for arm in ("enlarge_prune_no_carry", "naive_prune"))
+    assert by_name["enlarge_prune"]["ppl"] != by_name["enlarge_prune_no_carry"]["ppl"]
     assert "train/kd_loss" in (tmp_path / "enlarge_prune_kd" / "logs" / "recover" / "metrics.csv").read_text()
     assert report.read_text().count("| ") >= 3 and (tmp_path / "lr.png").is_file()
 
