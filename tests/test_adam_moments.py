@@ -11,7 +11,6 @@ from transformers import AutoModelForCausalLM
 
 from lightning_align.callbacks.block_removal import IterativeBlockRemoval
 from lightning_align.callbacks.width_pruning import GradualWidthPruning
-from lightning_align.data.lm_datamodule import LMDataModule
 from lightning_align.errors import DataError
 from lightning_align.models.adam_moments import (
     MOMENT_KEYS,
@@ -26,9 +25,8 @@ from lightning_align.models.mlp_width import mlp_modules, slice_mlp_widths
 from lightning_align.models.spec import LoraSpec, ModelSpec
 from lightning_align.modules.optim import OptimConfig
 from lightning_align.modules.student import StudentModule
+from tests.test_prune_callbacks import SPEC, _data, _trainer, corpus  # noqa: F401  (corpus: a shared fixture)
 
-SPEC = ModelSpec(vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=2, max_position_embeddings=64)
 OPTIM = OptimConfig(lr=1e-2, warmup_steps=2)
 
 
@@ -125,14 +123,6 @@ def test_moments_of_another_model_are_refused_naming_the_file(tiny_lm, tokenizer
 
 # Stages through Lightning, as the pipeline runs them.
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("corpus") / "texts.txt"
-    path.write_text("\n\n".join(f"Part {i}: the optimizer state follows the model from stage to stage {i * 3}." * 3
-                                for i in range(60)))
-    return str(path)
-
-
 class StartState(L.Callback):
     """The optimizer state at the start of training, by parameter name."""
 
@@ -141,10 +131,7 @@ class StartState(L.Callback):
 
 
 def _fit(module: StudentModule, corpus: str, steps: int, *callbacks: L.Callback) -> StudentModule:
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=list(callbacks))
-    trainer.fit(module, LMDataModule(corpus=corpus, block_size=16, batch_size=4))
+    _trainer(steps, list(callbacks)).fit(module, _data(corpus))
     return module
 
 
