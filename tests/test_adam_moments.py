@@ -178,11 +178,14 @@ def test_block_removal_drops_the_cut_blocks_moments(corpus: str, tmp_path: Path)
     _fit(_student(ModelSpec(path=str(cut))), corpus, 1)  # the next stage takes them
 
 
-def test_lora_stage_trains_fresh_and_writes_no_moments(corpus: str, tmp_path: Path,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_lora_and_8bit_stages_train_fresh_and_say_so(corpus: str, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
     carried = _fit(_student(SPEC), corpus, 2).export(tmp_path / "carried")
     lora = ModelSpec(path=str(carried), lora=LoraSpec(r=4, alpha=8.0, dropout=0.0))
     with caplog.at_level("WARNING"):
         out = _fit(_student(lora), corpus, 2).export(tmp_path / "lora")
+        eight_bit = StudentModule(model=ModelSpec(path=str(carried)), optim=OptimConfig(name="adamw8bit"),
+                                  carry_optimizer_state=True)
     assert "LoRA adapters are merged on export" in caplog.text
     assert not (out / MOMENTS_FILE).exists()
+    assert not eight_bit.carry and "optim.name=adamw8bit keeps quantized moments" in caplog.text
