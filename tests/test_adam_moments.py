@@ -82,7 +82,7 @@ def test_width_surgery_slices_moments_with_the_weights_keep_indices(tiny_lm) -> 
             assert torch.equal(optimizer.state[new][key], before[name][key].index_select(dim, keep[1])), (name, key)
         assert torch.equal(optimizer.state[new]["step"], before[name]["step"])
     moments = named_moments(model, optimizer)
-    assert {name: m["exp_avg"].shape for name, m in moments.items()} == {n: p.shape for n, p in model.named_parameters()}
+    assert {n: m["exp_avg"].shape for n, m in moments.items()} == {n: p.shape for n, p in model.named_parameters()}
     _step(model, optimizer, torch.randint(3, 300, (2, 16)))  # the optimizer trains the sliced model on
 
 
@@ -153,7 +153,8 @@ def test_stages_hand_moments_through_width_pruning(corpus: str, tmp_path: Path) 
     moments = read_moments(pruned)
     reloaded = AutoModelForCausalLM.from_pretrained(pruned)
     assert reloaded.config.intermediate_size == 20
-    assert {n: m["exp_avg_sq"].shape for n, m in moments.items()} == {n: p.shape for n, p in reloaded.named_parameters()}
+    shapes = {n: p.shape for n, p in reloaded.named_parameters()}
+    assert {n: m["exp_avg_sq"].shape for n, m in moments.items()} == shapes
     assert int(moments["model.norm.weight"]["step"]) == 3 + 4, "one step count across both stages"
     recover = StartState()
     _fit(_student(ModelSpec(path=str(pruned))), corpus, 1, recover)

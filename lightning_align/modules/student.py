@@ -118,7 +118,8 @@ class StudentModule(L.LightningModule):
         self.log("val/ppl", self.val_ppl, prog_bar=True)
 
     def configure_optimizers(self) -> dict:
-        config = build_optimizer(self.model.named_parameters(), self.optim, int(self.trainer.estimated_stepping_batches))
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        config = build_optimizer(self.model.named_parameters(), self.optim, total_steps)
         saved = read_moments(self.spec.path) if self.carry and self.spec.path is not None else None
         if saved is not None:
             load_moments(self.model, config["optimizer"], saved, self.spec.path)
