@@ -6,7 +6,8 @@
   prune     BlockPruner (or a whole-layer baseline) on a local model directory, with a report
   generate  answer prompts with a model directory: one sample, best-of-n by a reward model, or GSA
 
-User errors (config, data) print one line on stderr and exit with code 2.
+User errors (config, data) and a stage that went non-finite print one line on stderr and exit with code 2; Ctrl-C
+prints one line and exits with 130, leaving the run resumable.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from lightning_align.errors import LightningAlignError
+from lightning_align.errors import Interrupted, LightningAlignError
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate")  # our modules have no test_step/predict_step
 PACKAGE_CONF = Path(__file__).parent / "conf"
@@ -87,7 +88,7 @@ def _run(args: argparse.Namespace) -> None:
     results = trainer.run()
     print(f"\nrun directory: {trainer.run_dir}")
     for stage, metrics in results.items():
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+        shown = ", ".join(f"{k}={'null' if v is None else format(v, '.4g')}" for k, v in sorted(metrics.items()))
         print(f"  {stage}: {shown}")
     done = trainer.state()["done"]
     for stage in results:
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except (LightningAlignError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (Interrupted, KeyboardInterrupt) as err:
+        print(err if isinstance(err, Interrupted) else Interrupted(), file=sys.stderr)
+        return 130  # the shell's code for a command stopped by SIGINT
     return 0
 
 

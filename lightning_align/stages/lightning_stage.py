@@ -11,6 +11,7 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+from lightning_align.callbacks.stop_on_non_finite import StopOnNonFinite
 from lightning_align.config import RunSection, keys_under, parser_error_to_config_error
 from lightning_align.errors import ConfigError
 from lightning_align.stages.context import StageContext
@@ -24,7 +25,8 @@ class StageCLI(LightningCLI):
     Face directory (`--export_dir`, default `<log dir>/model`), and Lightning's own `.ckpt` files are off unless
     `--trainer.enable_checkpointing=true` (for a pretrained model they are gigabytes of optimizer state nobody loads).
     Without `seed_everything` a stage is seeded like a pipeline stage under the default `run.seed`, so it is
-    deterministic alone too; the stage files leave the seed to the run.
+    deterministic alone too; the stage files leave the seed to the run. Every stage stops on a non-finite loss or
+    weight (`StopOnNonFinite`) before anything is exported.
     """
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
@@ -41,7 +43,7 @@ class StageCLI(LightningCLI):
             save_config_callback=None,
             parser_kwargs={"exit_on_error": False},
             auto_configure_optimizers=False,
-            trainer_defaults={"enable_checkpointing": False},
+            trainer_defaults={"enable_checkpointing": False, "callbacks": [StopOnNonFinite()]},
             seed_everything_default=RunSection.seed,
             **kwargs,
         )
