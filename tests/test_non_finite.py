@@ -39,8 +39,8 @@ def test_huge_learning_rate_stops_the_stage_and_keeps_the_previous_good_state(tm
 
     assert _run(tmp_path, "stages.pretrain.model.init_args.optim.lr=1e4") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert re.fullmatch(r"error: stage pretrain: (train/loss|weight \S+) is (nan|inf|-inf) at step \d+; nothing was exported and "
-                        r"the stage is not marked done \(lower the learning rate or check the data\)", err), err
+    assert re.fullmatch(r"error: stage pretrain: (train/loss|weight \S+) is (nan|inf|-inf) at step \d+; nothing was "
+                        r"exported and the stage is not marked done \(lower the learning rate or check the data\)", err), err
     assert (run_dir / "state.json").read_text() == state_text, "the previous good state stays"
     assert weights.stat().st_mtime_ns == stamp, "nothing exported over the previous good model"
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")], "no temp dirs, no lock left behind"

@@ -63,6 +63,16 @@ def test_run_name_must_be_a_plain_directory_name(tmp_path, capsys, name):
     assert not workdir.exists() and not (tmp_path / "x").exists()
 
 
+def test_corrupt_state_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "state.json").write_text('{"done": {"pretrain"')
+    assert main(_args(tmp_path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {tmp_path / 't' / 'state.json'}: unreadable run state (")
+    assert err.endswith("; delete it to rerun every stage")
+    assert not (tmp_path / "t" / LOCK_FILE).exists()
+
+
 def test_model_dir_with_its_own_code_is_refused_without_a_prompt(tmp_path, tokenizer):
     """`auto_map` + an unknown model type: transformers would ask at the terminal whether to run the directory's
     code; the project passes trust_remote_code=False, so the answer 'y' waiting on stdin is never read."""
@@ -73,8 +83,8 @@ def test_model_dir_with_its_own_code_is_refused_without_a_prompt(tmp_path, token
     marker = tmp_path / "ran"  # transformers imports a copy of the file from its cache: the marker path is absolute
     (model / "custom.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n")
     tokenizer.save_pretrained(model)
-    done = subprocess.run([sys.executable, "-m", "lightning_align", "generate", "--model", str(model), "--prompt", "hi"],
-                          input="y\n", capture_output=True, text=True, cwd=REPO, timeout=300,
+    command = [sys.executable, "-m", "lightning_align", "generate", "--model", str(model), "--prompt", "hi"]
+    done = subprocess.run(command, input="y\n", capture_output=True, text=True, cwd=REPO, timeout=300,
                           env={**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")})
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Do you wish to run the custom code" not in done.stdout + done.stderr
