@@ -6,8 +6,7 @@
   prune     BlockPruner (or a whole-layer baseline) on a local model directory, with a report
   generate  answer prompts with a model directory: one sample, best-of-n by a reward model, or GSA
 
-User errors (config, data) and a stage that went non-finite print one line on stderr and exit with code 2; Ctrl-C
-prints one line and exits with 130, leaving the run resumable.
+User errors (config, data) print one line on stderr and exit with code 2.
 """
 from __future__ import annotations
 
@@ -158,12 +157,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args = _parser().parse_args(argv)
         {"run": _run, "report": _report, "prune": _prune, "generate": _generate}[args.command](args)
-    except (LightningAlignError, FileNotFoundError) as err:
+    except (Interrupted, KeyboardInterrupt) as err:  # Ctrl-C: one line, the shell's code for SIGINT, run resumable
+        print(err if isinstance(err, Interrupted) else Interrupted(), file=sys.stderr)
+        return 130
+    except (LightningAlignError, FileNotFoundError) as err:  # user errors and a stage that went non-finite
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (Interrupted, KeyboardInterrupt) as err:
-        print(err if isinstance(err, Interrupted) else Interrupted(), file=sys.stderr)
-        return 130  # the shell's code for a command stopped by SIGINT
     return 0
 
 

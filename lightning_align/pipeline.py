@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from lightning_align.config import RunSection, validate_dataclass
-from lightning_align.errors import ConfigError, DataError, Interrupted, NonFiniteError
+from lightning_align.errors import ConfigError, Interrupted, NonFiniteError
 from lightning_align.eval.divergence import divergence_warnings
 from lightning_align.eval.report import write_run_report
 from lightning_align.interrupt import sigint_raises_interrupted
@@ -141,17 +141,8 @@ class MultiStageTrainer:
         return config
 
     def state(self) -> dict[str, Any]:
-        """`state.json`: which stages are done, with the identity they were run with and their metrics."""
         path = self.run_dir / "state.json"
-        if not path.is_file():
-            return {"done": {}}
-        try:
-            state = json.loads(path.read_text())
-        except ValueError as err:
-            raise DataError(path, f"unreadable run state ({err}); delete it to rerun every stage") from None
-        if not isinstance(state, dict) or not isinstance(state.get("done"), dict):
-            raise DataError(path, "not a run state (no 'done' mapping); delete it to rerun every stage")
-        return state
+        return json.loads(path.read_text()) if path.is_file() else {"done": {}}
 
     def run(self) -> dict[str, dict[str, float]]:
         """Run every stage whose identity (config and inputs, `stage_identity`) is not the one recorded as done;

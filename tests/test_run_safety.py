@@ -63,16 +63,6 @@ def test_run_name_must_be_a_plain_directory_name(tmp_path, capsys, name):
     assert not workdir.exists() and not (tmp_path / "x").exists()
 
 
-def test_corrupt_state_file_is_one_line(tmp_path, capsys):
-    (tmp_path / "t").mkdir()
-    (tmp_path / "t" / "state.json").write_text('{"done": {"pretrain"')
-    assert main(_args(tmp_path)) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"error: {tmp_path / 't' / 'state.json'}: unreadable run state (")
-    assert err.endswith("; delete it to rerun every stage")
-    assert not (tmp_path / "t" / LOCK_FILE).exists()
-
-
 def test_model_dir_with_its_own_code_is_refused_without_a_prompt(tmp_path, tokenizer):
     """`auto_map` + an unknown model type: transformers would ask at the terminal whether to run the directory's
     code; the project passes trust_remote_code=False, so the answer 'y' waiting on stdin is never read."""

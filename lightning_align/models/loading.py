@@ -15,6 +15,15 @@ from lightning_align.models.spec import ModelSpec
 from lightning_align.models.tokenizer import embedded_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _model_dir(spec: ModelSpec) -> Path:
+    path = Path(spec.path)  # type: ignore[arg-type]
+    if not (path / "config.json").is_file():
+        raise ConfigError("model.path", f"'{path}' is not a Hugging Face model directory (no config.json)")
+    return path
+
+
 REMOTE_CODE_KEY = "model.trust_remote_code"
 
 
@@ -31,13 +40,6 @@ def remote_code_refused(model_dir: Path, key: str = REMOTE_CODE_KEY, can_trust: 
         remedy = f"set {key}=true only if you trust that code" if can_trust else "that code is never run here"
         raise ConfigError(key, f"'{model_dir}' needs to run the Python code it ships (config.json auto_map); "
                           f"{remedy}") from None
-
-
-def _model_dir(spec: ModelSpec) -> Path:
-    path = Path(spec.path)  # type: ignore[arg-type]
-    if not (path / "config.json").is_file():
-        raise ConfigError("model.path", f"'{path}' is not a Hugging Face model directory (no config.json)")
-    return path
 
 
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
