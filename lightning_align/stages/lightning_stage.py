@@ -43,7 +43,7 @@ class StageCLI(LightningCLI):
             save_config_callback=None,
             parser_kwargs={"exit_on_error": False},
             auto_configure_optimizers=False,
-            trainer_defaults={"enable_checkpointing": False, "callbacks": [StopOnNonFinite()]},
+            trainer_defaults={"enable_checkpointing": False},
             seed_everything_default=RunSection.seed,
             **kwargs,
         )
@@ -52,6 +52,13 @@ class StageCLI(LightningCLI):
         if self.standalone:  # inside a pipeline the stage directory is the export; the key would be ignored there
             parser.add_argument("--export_dir", type=Optional[str], default=None,
                                 help="where `fit` writes the trained model (default: <log dir>/model)")
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The stage's Trainer with `StopOnNonFinite` first, so it stops a NaN step before other callbacks act on it
+        (and callbacks that must come last among ours stay last)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.insert(0, StopOnNonFinite())
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
