@@ -101,9 +101,11 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _lightning(argv: list[str]) -> None:
+    from lightning_align.interrupt import sigint_raises_interrupted
     from lightning_align.stages.lightning_stage import run_lightning_cli
 
-    run_lightning_cli(argv)
+    with sigint_raises_interrupted():  # Ctrl-C: our one line and 130, not Lightning's sys.exit(1)
+        run_lightning_cli(argv)
 
 
 def _report(args: argparse.Namespace) -> None:
