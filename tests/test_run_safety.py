@@ -84,6 +84,7 @@ def test_model_dir_with_its_own_code_is_refused_without_a_prompt(tmp_path, token
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_stage_stops_with_one_line_and_resumes(tmp_path):
     """Finished stages stay done; the interrupted one is neither exported nor marked done, and reruns."""
     align = ["pipeline=align", "~pipeline.stages.reward", "~pipeline.stages.mutual_taught", "~pipeline.stages.evaluate",
