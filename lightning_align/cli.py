@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from lightning_align.errors import LightningAlignError
+from lightning_align.errors import Interrupted, LightningAlignError
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate")  # our modules have no test_step/predict_step
 PACKAGE_CONF = Path(__file__).parent / "conf"
@@ -87,7 +87,7 @@ def _run(args: argparse.Namespace) -> None:
     results = trainer.run()
     print(f"\nrun directory: {trainer.run_dir}")
     for stage, metrics in results.items():
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+        shown = ", ".join(f"{k}={'null' if v is None else format(v, '.4g')}" for k, v in sorted(metrics.items()))
         print(f"  {stage}: {shown}")
     done = trainer.state()["done"]
     for stage in results:
@@ -101,9 +101,11 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _lightning(argv: list[str]) -> None:
+    from lightning_align.interrupt import sigint_raises_interrupted
     from lightning_align.stages.lightning_stage import run_lightning_cli
 
-    run_lightning_cli(argv)
+    with sigint_raises_interrupted():  # Ctrl-C: our one line and 130, not Lightning's sys.exit(1)
+        run_lightning_cli(argv)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -157,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args = _parser().parse_args(argv)
         {"run": _run, "report": _report, "prune": _prune, "generate": _generate}[args.command](args)
-    except (LightningAlignError, FileNotFoundError) as err:
+    except (Interrupted, KeyboardInterrupt) as err:  # Ctrl-C: one line, the shell's code for SIGINT, run resumable
+        print(err if isinstance(err, Interrupted) else Interrupted(), file=sys.stderr)
+        return 130
+    except (LightningAlignError, FileNotFoundError) as err:  # user errors and a stage that went non-finite
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -72,6 +72,13 @@ class RunSection:
     dir: str = "runs"
     seed: int = 42
 
+    def __post_init__(self) -> None:
+        """A re-run deletes and replaces stage directories under `<dir>/<name>/`, so the name must stay inside `dir`:
+        one plain directory name, not a path."""
+        if self.name in ("", ".", "..") or "/" in self.name or "\\" in self.name:
+            raise ConfigError("name", f"'{self.name}' is not a plain directory name (runs live in run.dir; use e.g. "
+                              "run.name=exp1)")
+
 
 def validate_dataclass(cls: type, values: dict[str, Any], key: str) -> Any:
     """Build `cls` from `values`, refusing unknown keys, wrong types and out-of-range values with the key named."""

@@ -1,16 +1,17 @@
 """MultiStageTrainer: run the stages of one composed config in order, handing model directories on.
 
 Stages hand over files, not objects: each writes `runs/<name>/<stage>/` (a Hugging Face directory) and is marked
-done in `state.json` with a hash of its effective config, so running the same command again skips finished stages
-and a changed stage reruns together with everything after it.
+done in `state.json` with its identity (a hash of its effective config and of what it reads: the identities of the
+earlier stages whose output it loads, the contents of the user's files), so running the same command again skips
+finished stages and a change anywhere reruns exactly the stages that depend on it.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +19,24 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from lightning_align.config import RunSection, validate_dataclass
-from lightning_align.errors import ConfigError
+from lightning_align.errors import ConfigError, Interrupted, NonFiniteError
 from lightning_align.eval.divergence import divergence_warnings
 from lightning_align.eval.report import write_run_report
+from lightning_align.interrupt import sigint_raises_interrupted
 from lightning_align.models.blocks import check_model_type
 from lightning_align.models.checkpoint import read_model_type
 from lightning_align.models.spec import ModelSpec
+from lightning_align.run_lock import remove_stale_temps, run_lock
+from lightning_align.stage_identity import InputHashes, stage_identity
 from lightning_align.stages import ACTIONS, StageContext
 from lightning_align.stages.lightning_stage import init_arg_names, reshaping_callbacks
 from lightning_align.stages.loggers import LoggerSection, check_installed, stage_loggers
+from lightning_align.strict_json import finite_or_null, write_atomic
 
 log = logging.getLogger(__name__)
 TOP_LEVEL_KEYS = {"run", "model", "data", "trainer", "logger", "pipeline", "stages"}
 # How the run-level model trains, handed to every later stage that trains (not what it is: that is the previous output).
 TRAINING_KEYS = ("lora", "quantization", "gradient_checkpointing")
-
-
-def _hash(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def is_rank_zero() -> bool:
@@ -44,11 +45,8 @@ def is_rank_zero() -> bool:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    if not is_rank_zero():
-        return
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
+    if is_rank_zero():
+        write_atomic(path, payload)
 
 
 def check_lora_shape(model: dict[str, Any], config: dict[str, Any], name: str) -> None:
@@ -147,30 +145,46 @@ class MultiStageTrainer:
         return json.loads(path.read_text()) if path.is_file() else {"done": {}}
 
     def run(self) -> dict[str, dict[str, float]]:
-        """Run every stage not yet done with the same config; returns each stage's metrics (the warnings of
-        each stage are in `state()`)."""
+        """Run every stage whose identity (config and inputs, `stage_identity`) is not the one recorded as done;
+        returns each stage's metrics (the warnings of each stage are in `state()`).
+
+        Only rank zero locks the run directory and writes to it; every rank makes the same skip decisions.
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if is_rank_zero():
-            OmegaConf.save(OmegaConf.create({**self.config, "stages": {c.name: c.config for c in self.stages}}),
-                           self.run_dir / "config.yaml")
-        state = self.state()
-        rerun_rest = False
-        for ctx in self.stages:
-            done = state["done"].get(ctx.name)
-            digest = _hash(ctx.config)
-            if not rerun_rest and done and done["config_hash"] == digest and ctx.output_dir.is_dir():
-                log.info("stage %s already done, skipping", ctx.name)
-                continue
-            rerun_rest = True
-            action = self.config["pipeline"]["stages"][ctx.name]
-            log.info("stage %s (%s) -> %s", ctx.name, action, ctx.output_dir)
-            metrics = ACTIONS[action].run(ctx)
-            warnings = divergence_warnings(metrics)
-            for warning in warnings:
-                log.warning("WARNING stage %s: %s", ctx.name, warning)
-            state["done"][ctx.name] = {"config_hash": digest, "action": action, "metrics": metrics,
-                                       "warnings": warnings}
-            _write_json(self.run_dir / "state.json", state)
-        if is_rank_zero():
-            write_run_report(self.run_dir, [c.name for c in self.stages])
+        with run_lock(self.run_dir) if is_rank_zero() else nullcontext(), sigint_raises_interrupted():
+            if is_rank_zero():
+                for path in remove_stale_temps(self.run_dir):
+                    log.info("removed %s, left by a process that no longer runs", path)
+                OmegaConf.save(OmegaConf.create({**self.config, "stages": {c.name: c.config for c in self.stages}}),
+                               self.run_dir / "config.yaml")
+            state, hashes = self.state(), InputHashes(self.run_dir)
+            for ctx in self.stages:
+                self._run_stage(ctx, state, hashes)
+            if is_rank_zero():
+                write_run_report(self.run_dir, [c.name for c in self.stages])
         return {c.name: state["done"][c.name]["metrics"] for c in self.stages}
+
+    def _run_stage(self, ctx: StageContext, state: dict[str, Any], hashes: InputHashes) -> None:
+        """Run one stage unless done with the same identity; record it in `state` (and state.json) when it ends."""
+        identity = stage_identity(ctx, state["done"], hashes)
+        if is_rank_zero():
+            hashes.save()
+        done = state["done"].get(ctx.name)
+        if done and done.get("identity") == identity and ctx.output_dir.is_dir():
+            log.info("stage %s already done, skipping", ctx.name)
+            return
+        action = self.config["pipeline"]["stages"][ctx.name]
+        log.info("stage %s (%s) -> %s", ctx.name, action, ctx.output_dir)
+        try:
+            metrics = ACTIONS[action].run(ctx)
+        except Interrupted:
+            raise Interrupted(ctx.name) from None
+        except NonFiniteError as err:
+            raise err.in_stage(ctx.name) from None
+        warnings = divergence_warnings(metrics)
+        metrics, nulled = finite_or_null(metrics)
+        warnings += [f"{key} is {value}; state.json records it as null" for key, value in nulled.items()]
+        for warning in warnings:
+            log.warning("WARNING stage %s: %s", ctx.name, warning)
+        state["done"][ctx.name] = {"identity": identity, "action": action, "metrics": metrics, "warnings": warnings}
+        _write_json(self.run_dir / "state.json", state)

@@ -42,7 +42,7 @@ def test_run_trains_reports_and_resumes(tmp_path, capsys):
     assert _run(tmp_path, "stages.evaluate.trainer.limit_val_batches=1") == 0
     assert weights.stat().st_mtime_ns == stamp
     state2 = json.loads((run_dir / "state.json").read_text())["done"]
-    assert state2["evaluate"]["config_hash"] != state["evaluate"]["config_hash"], "a changed stage reruns"
+    assert state2["evaluate"]["identity"] != state["evaluate"]["identity"], "a changed stage reruns"
 
 
 def test_bad_data_line_fails_cleanly(tmp_path, capsys):

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from lightning_align import strict_json
 from lightning_align.errors import DataError
 from lightning_align.models.blocks import (
     SUPPORTED_MODEL_TYPES,
@@ -60,7 +61,7 @@ def save_model_dir(
             structure["model_type"] = _mark_config(tmp / "config.json")
         if structure:
             metadata["structure"] = structure
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
+        (tmp / METADATA_FILE).write_text(strict_json.dumps(metadata, indent=2, sort_keys=True))
         for name, content in (files or {}).items():
             (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     return out_dir
@@ -128,8 +129,10 @@ def apply_structure(model: PreTrainedModel, structure: dict[str, Any]) -> None:
             applier(model, structure[key])
 
 
-def load_pretrained(model_dir: str | Path, **kwargs: Any) -> PreTrainedModel:
-    """Load a model directory written by lightning_align (or any local Hugging Face causal LM), offline."""
+def load_pretrained(model_dir: str | Path, trust_remote_code: bool = False, **kwargs: Any) -> PreTrainedModel:
+    """Load a model directory written by lightning_align (or any local Hugging Face causal LM), offline. The
+    directory's own Python code runs only with `trust_remote_code`; weights never go through pickle (safetensors,
+    or transformers' `weights_only` loading of `.bin` files)."""
     structure = read_metadata(model_dir).get("structure") or {}
     unknown = set(structure) - KNOWN_STRUCTURE
     if unknown:
@@ -138,7 +141,8 @@ def load_pretrained(model_dir: str | Path, **kwargs: Any) -> PreTrainedModel:
     if set(structure) & set(STRUCTURE_APPLIERS):
         model = _load_reshaped(Path(model_dir), structure, kwargs.get("dtype"))
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True,
+                                                     trust_remote_code=trust_remote_code, **kwargs)
     for key, applier in AFTER_LOADING.items():
         if key in structure:
             applier(model, structure[key])

@@ -1,8 +1,9 @@
 """Turn a `ModelSpec` into a model and tokenizer: load a local directory or build the tiny default."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from transformers import AutoTokenizer, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM, PreTrainedModel
@@ -23,12 +24,33 @@ def _model_dir(spec: ModelSpec) -> Path:
     return path
 
 
+REMOTE_CODE_KEY = "model.trust_remote_code"
+
+
+@contextmanager
+def remote_code_refused(model_dir: Path, key: str = REMOTE_CODE_KEY, can_trust: bool = True) -> Iterator[None]:
+    """Name the key when transformers refuses a directory that needs its own Python code (with
+    `trust_remote_code=False` it raises instead of asking at the terminal); `can_trust` says whether `key` is the
+    option that allows it."""
+    try:
+        yield
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        remedy = f"set {key}=true only if you trust that code" if can_trust else "that code is never run here"
+        raise ConfigError(key, f"'{model_dir}' needs to run the Python code it ships (config.json auto_map); "
+                          f"{remedy}") from None
+
+
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     """The directory's own tokenizer, or the embedded BPE for a built model; always with a pad token, and without a
     chat template when `spec.chat_template` is False (the embedded BPE has none)."""
     if spec.path is None:
         return embedded_tokenizer(spec.built_sizes()["vocab_size"])
-    tokenizer = AutoTokenizer.from_pretrained(_model_dir(spec), local_files_only=True)
+    model_dir = _model_dir(spec)
+    with remote_code_refused(model_dir):
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True,
+                                                  trust_remote_code=spec.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not spec.chat_template:
@@ -54,10 +76,12 @@ def quantization_config(quantization: Optional[str], dtype: str, model_dir: Path
 
 
 def load_dir(model_dir: Path, dtype: str = "float32", quantization: Optional[str] = None,
-             key: str = "model.quantization") -> PreTrainedModel:
+             key: str = "model.quantization", trust_remote_code: bool = False) -> PreTrainedModel:
     """A causal LM from a model directory, in `dtype`, quantized when asked (`key` names the option on refusal)."""
     quant = quantization_config(quantization, dtype, model_dir, key)
-    return load_pretrained(model_dir, dtype=DTYPES[dtype], **({} if quant is None else {"quantization_config": quant}))
+    with remote_code_refused(model_dir):
+        return load_pretrained(model_dir, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+                               **({} if quant is None else {"quantization_config": quant}))
 
 
 def build_llama(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
@@ -80,4 +104,4 @@ def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase | None = None
         if spec.quantization:
             raise ConfigError("model.quantization", "quantization applies to loaded models; set model.path")
         return build_llama(spec, tokenizer if tokenizer is not None else load_tokenizer(spec))
-    return load_dir(_model_dir(spec), spec.dtype, spec.quantization)
+    return load_dir(_model_dir(spec), spec.dtype, spec.quantization, trust_remote_code=spec.trust_remote_code)

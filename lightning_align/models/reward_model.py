@@ -16,7 +16,7 @@ from transformers import AutoModelForSequenceClassification, LlamaForSequenceCla
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from lightning_align.models.loading import DTYPES, build_llama, quantization_config, _model_dir
+from lightning_align.models.loading import DTYPES, build_llama, quantization_config, remote_code_refused, _model_dir
 from lightning_align.models.spec import ModelSpec, Quantization
 
 
@@ -26,7 +26,8 @@ def load_reward_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> Pr
     The head starts at zero so every initial reward is 0 and the first BT gradient is symmetric in the pair.
     """
     if spec.path is not None:
-        return _from_dir(_model_dir(spec), spec.dtype, spec.quantization, "model.quantization")
+        return _from_dir(_model_dir(spec), spec.dtype, spec.quantization, "model.quantization",
+                         spec.trust_remote_code)
     config = build_llama(spec, tokenizer).config
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
@@ -41,14 +42,16 @@ def load_frozen_reward_model(model_dir: str | Path, quantization: Optional[Quant
     return _from_dir(Path(model_dir), "float32", quantization, key).eval().requires_grad_(False)
 
 
-def _from_dir(model_dir: Path, dtype: str, quantization: Optional[Quantization], key: str) -> PreTrainedModel:
+def _from_dir(model_dir: Path, dtype: str, quantization: Optional[Quantization], key: str,
+              trust_remote_code: bool = False) -> PreTrainedModel:
     quant = quantization_config(quantization, dtype, model_dir, key)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a causal LM has no head yet and an unused lm_head: expected, not news
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, num_labels=1, local_files_only=True, dtype=DTYPES[dtype],
-            **({} if quant is None else {"quantization_config": quant}))
+        with remote_code_refused(model_dir):
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model_dir, num_labels=1, local_files_only=True, dtype=DTYPES[dtype],
+                trust_remote_code=trust_remote_code, **({} if quant is None else {"quantization_config": quant}))
     finally:
         hf_logging.set_verbosity(verbosity)
     if not (model.config.architectures and model.config.architectures[0].endswith("ForSequenceClassification")):

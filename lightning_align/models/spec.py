@@ -69,6 +69,10 @@ class ModelSpec:
     chat_template: bool = True
     """Encode prompts through the tokenizer's chat template (if it has one). False drops the template, e.g. to train
     an instruct model on raw text; the saved tokenizer then has none either, so later stages follow."""
+    trust_remote_code: bool = False
+    """Let transformers import and run the Python files a model directory ships (its `config.json` `auto_map`) to
+    build the model and tokenizer. Off unless set: that code runs with the user's rights; set it only for a
+    directory whose code you have read."""
 
     def __post_init__(self) -> None:
         given = [f.name for f in fields(self) if f.name in SIZE_KEYS and getattr(self, f.name) is not None]

@@ -11,6 +11,7 @@ from jsonargparse.typing import PositiveInt
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy
 
+from lightning_align import strict_json
 from lightning_align.algorithms.losses import bradley_terry_loss
 from lightning_align.algorithms.reward_training import pair_rewards
 from lightning_align.models.adapters import export_model_dir, prepare_for_training
@@ -73,7 +74,7 @@ class RewardModule(L.LightningModule):
 
     def export(self, out_dir: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Save the RM as a Hugging Face directory; `load_reward_model(ModelSpec(path=out_dir), ...)` reloads it."""
-        heldout = "".join(json.dumps(pair) + "\n" for pair in self.heldout_pairs)
+        heldout = "".join(strict_json.dumps(pair) + "\n" for pair in self.heldout_pairs)
         files = {HELDOUT_PAIRS: heldout} if heldout else {}
         return export_model_dir(self.model, self.spec, load_reward_model, self.tokenizer, out_dir,
                                 {"kind": "reward_model", **(metadata or {})}, files)

@@ -22,6 +22,7 @@ from lightning_align.algorithms.generation_strategies import (
     AGGREGATION_TEMPLATE, Generation, check_template, generate,
 )
 from lightning_align.algorithms.sampling import SamplingConfig, score_responses
+from lightning_align import strict_json
 from lightning_align.config import keys_under, validate_dataclass
 from lightning_align.data.gold_task import gold_reward, heldout_prompts
 from lightning_align.data.loaders import check_source
@@ -163,7 +164,7 @@ def records(strategy: str, generations: list[Generation]) -> list[dict[str, Any]
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    path.write_text("".join(strict_json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
 
 
 def check(config: dict[str, Any], where: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+from lightning_align.callbacks.stop_on_non_finite import StopOnNonFinite
 from lightning_align.config import RunSection, keys_under, parser_error_to_config_error
 from lightning_align.errors import ConfigError
 from lightning_align.stages.context import StageContext
@@ -24,7 +25,8 @@ class StageCLI(LightningCLI):
     Face directory (`--export_dir`, default `<log dir>/model`), and Lightning's own `.ckpt` files are off unless
     `--trainer.enable_checkpointing=true` (for a pretrained model they are gigabytes of optimizer state nobody loads).
     Without `seed_everything` a stage is seeded like a pipeline stage under the default `run.seed`, so it is
-    deterministic alone too; the stage files leave the seed to the run.
+    deterministic alone too; the stage files leave the seed to the run. Every stage stops on a non-finite loss or
+    weight (`StopOnNonFinite`) before anything is exported.
     """
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
@@ -50,6 +52,13 @@ class StageCLI(LightningCLI):
         if self.standalone:  # inside a pipeline the stage directory is the export; the key would be ignored there
             parser.add_argument("--export_dir", type=Optional[str], default=None,
                                 help="where `fit` writes the trained model (default: <log dir>/model)")
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The stage's Trainer with `StopOnNonFinite` first, so it stops a NaN step before other callbacks act on it
+        (and callbacks that must come last among ours stay last)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.insert(0, StopOnNonFinite())
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -34,7 +34,7 @@ from lightning_align.models.checkpoint import (
     read_model_type,
     save_model_dir,
 )
-from lightning_align.models.loading import DTYPES
+from lightning_align.models.loading import DTYPES, remote_code_refused
 from lightning_align.stages.context import StageContext
 
 METHODS = {"blockpruner": block_pruner, "layer-ppl": layer_ppl, "block-influence": block_influence}
@@ -175,8 +175,9 @@ def prune(
     """Search, compare, cut, measure and save: ``output_dir`` gets the pruned model, ``report.md`` and a PNG."""
     if not (model_dir / "tokenizer.json").is_file() and not (model_dir / "tokenizer_config.json").is_file():
         raise ConfigError(f"{where}.model", f"'{model_dir}' has no tokenizer to encode calibration text")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = load_pretrained(model_dir, dtype=DTYPES[cfg.dtype]).to(cfg.device).eval()
+    with remote_code_refused(model_dir, f"{where}.model", can_trust=False):
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+        model = load_pretrained(model_dir, dtype=DTYPES[cfg.dtype]).to(cfg.device).eval()
     with keys_under(where):
         cfg.stop.validate(model)
     calibration, evaluation = calibration_sets(
