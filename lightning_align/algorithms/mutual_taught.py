@@ -118,7 +118,7 @@ def round_generator(seed: int, round_index: int, purpose: int) -> torch.Generato
 
 
 def snapshot_batches(batches: int, checkpoints: int) -> set[int]:
-    """Indices of the batches after which the E-step keeps a snapshot: `checkpoints` evenly spaced, the last one last."""
+    """Indices of the batches after which the E-step keeps a snapshot: `checkpoints` evenly spaced, ending last."""
     return {math.ceil(batches * (j + 1) / checkpoints) - 1 for j in range(checkpoints)}
 
 
