@@ -42,7 +42,7 @@ class GoldRoundMetrics(L.Callback):
             raise ConfigError("fresh_samples", "needs at least 2 samples per prompt to form pairs")
         self.seed, self.fresh_samples, self.sampling = seed, fresh_samples, sampling
         self.heldout: list[dict[str, str]] = []
-        self.rounds: MutualTaughtRounds | None = None
+        self.driver: MutualTaughtRounds | None = None
         self._rows: list[dict[str, Any]] = []
         self._initial: list[str] = []
         self.enabled = True
@@ -55,7 +55,7 @@ class GoldRoundMetrics(L.Callback):
         if not driver or driver[0] > trainer.callbacks.index(self):
             raise ConfigError("trainer.callbacks", "GoldRoundMetrics must follow MutualTaughtRounds (it evaluates "
                               "the policy each round selects)")
-        self.rounds = trainer.callbacks[driver[0]]
+        self.driver = trainer.callbacks[driver[0]]
         if self.enabled:
             self.heldout = read_heldout_pairs(pl_module.reward_model_path) or []
             if not self.heldout:
@@ -117,7 +117,7 @@ class GoldRoundMetrics(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.enabled:
-            self._add(trainer, pl_module, trainer.current_epoch + 1, self.rounds.ranking_reward_model)
+            self._add(trainer, pl_module, trainer.current_epoch + 1, self.driver.ranking_reward_model)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self._rows, "initial": self._initial}
