@@ -114,6 +114,9 @@ class GoldRoundMetrics(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.enabled and not self._rows:
             self._add(trainer, pl_module, 0, pl_module.reward_model)
+        elif self.enabled and self._rows[-1]["round"] < self.driver.finished_rounds:
+            # resumed from a round's last batch: the driver has just ended that round here, not at an epoch's end
+            self._add(trainer, pl_module, self.driver.finished_rounds, self.driver.ranking_reward_model)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.enabled:

@@ -33,10 +33,11 @@ class MutualTaughtRounds(L.Callback):
     checkpoints its weights). With `self_aggregation`, a GSA answer of π_{t-1} joins the k samples
     (`aggregation_template` matters for a model that does not follow instructions, docs/generation.md).
 
-    Everything else a round needs to continue (its pairs with their reference log-probs, baselines, snapshots, the
-    finished rounds' rows) is in `state_dict`, so a run resumed from a checkpoint taken mid-round finishes that
-    round exactly as an uninterrupted run would. Read-only for other callbacks: `round_rows()` and
-    `ranking_reward_model` (r_{t-1}, the RM the current round ranks and selects with).
+    Everything else a round needs to continue (its index, pairs with their reference log-probs, baselines,
+    snapshots, the finished rounds' rows) is in `state_dict`, so a run resumed from a checkpoint taken anywhere in a
+    round finishes it exactly as an uninterrupted run would (from a round's last batch, Lightning calls neither that
+    round's end nor the next one's start: `on_train_start` does both). Read-only for other callbacks:
+    `round_rows()`, `finished_rounds` and `ranking_reward_model` (r_{t-1}, the RM the round ranks and selects with).
     """
 
     def __init__(self, num_samples: PositiveInt = 4, sampling: SamplingConfig = SamplingConfig(),
@@ -56,6 +57,7 @@ class MutualTaughtRounds(L.Callback):
         self.config: Optional[RoundConfig] = None
         self.ranking_reward_model: Optional[torch.nn.Module] = None
         self._rows: list[dict[str, Any]] = []
+        self._round = -1
         self._start: Optional[RoundStart] = None
         self._start_state: State = {}
         self._snapshots: list[State] = []
@@ -67,19 +69,31 @@ class MutualTaughtRounds(L.Callback):
                                   self.fit if pl_module.reward_refresh else None,
                                   self.aggregation_template if self.self_aggregation else None)
 
+    @property
+    def finished_rounds(self) -> int:
+        return len(self._rows)
+
     def round_rows(self) -> list[dict[str, Any]]:
         """One row per finished round: pairs, the selection step and the τ rule, the M-step (copies)."""
         return [dict(row) for row in self._rows]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.ranking_reward_model = pl_module.reward_model
-        if self._start is not None:  # resumed mid-round: the round's pairs were restored, not redrawn
-            trainer.datamodule.set_round_pairs(self._start.pairs)
+        if self._start is None:
+            return
+        trainer.datamodule.set_round_pairs(self._start.pairs)  # resumed mid-round: restored, not redrawn
+        if self._round < trainer.current_epoch:  # resumed from a round's last batch: Lightning skips the hooks
+            self._end_round(trainer, pl_module)  # of that round's end and of the next round's start
+            if not trainer.should_stop and trainer.current_epoch < trainer.max_epochs:
+                self.on_train_epoch_start(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._start is not None and self._round == trainer.current_epoch:
+            return  # started already (a resume from the previous round's last batch)
         data, self.ranking_reward_model = trainer.datamodule, pl_module.reward_model
+        self._round = trainer.current_epoch
         self._start = start_round(pl_module.model, pl_module.reward_model, pl_module.tokenizer, data.splits,
-                                  trainer.current_epoch, self.config)
+                                  self._round, self.config)
         pl_module.annotate(self._start.pairs)
         data.set_round_pairs(self._start.pairs)
         self._start_state, self._snapshots = _snapshot(pl_module), []
@@ -90,10 +104,13 @@ class MutualTaughtRounds(L.Callback):
             self._snapshots.append(_snapshot(pl_module))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end_round(trainer, pl_module)
+
+    def _end_round(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         end = end_round(pl_module.model, self._snapshots, self._start_state, pl_module.reward_model,
-                        pl_module.tokenizer, trainer.datamodule.splits, trainer.current_epoch, self._start,
+                        pl_module.tokenizer, trainer.datamodule.splits, self._round, self._start,
                         self.config, lambda: pl_module.load_base_reward_model().to(pl_module.device))
-        self._rows.append(self._row(trainer.current_epoch, self._start, end))
+        self._rows.append(self._row(self._round, self._start, end))
         if end.reward_model is not None:
             pl_module.reward_model = end.reward_model
         trainer.should_stop = trainer.should_stop or end.stopped
@@ -109,11 +126,12 @@ class MutualTaughtRounds(L.Callback):
         return row
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rows": self._rows, "start": None if self._start is None else asdict(self._start),
+        return {"rows": self._rows, "round": self._round,
+                "start": None if self._start is None else asdict(self._start),
                 "start_state": self._start_state, "snapshots": self._snapshots}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         start = state_dict["start"]
-        self._rows = [dict(row) for row in state_dict["rows"]]
+        self._rows, self._round = [dict(row) for row in state_dict["rows"]], state_dict["round"]
         self._start = None if start is None else RoundStart(**start)
         self._start_state, self._snapshots = state_dict["start_state"], list(state_dict["snapshots"])

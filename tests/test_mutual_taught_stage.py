@@ -160,17 +160,19 @@ def test_snapshots_live_on_the_cpu_and_the_best_win_rate_one_is_restored(tiny_lm
 
 
 def test_a_mid_round_checkpoint_resumes_to_the_same_round_table(tmp_path, tiny_lm_dir, rm_dir):
-    def callbacks(every: int | None = None):
-        saving = [ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=every, save_top_k=-1)] if every else []
-        return [_rounds(), GoldRoundMetrics(sampling=SAMPLING), *saving]
+    def callbacks(saving: bool = False):
+        checkpoints = [ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=1, save_top_k=-1),
+                       ModelCheckpoint(tmp_path, "end-{epoch}", every_n_epochs=1, save_top_k=-1)] if saving else []
+        return [_rounds(), GoldRoundMetrics(sampling=SAMPLING), *checkpoints]
 
-    whole, _, _ = _run(tiny_lm_dir, rm_dir, rounds=2, callbacks=callbacks(every=1), batch_size=2)
+    whole, _, _ = _run(tiny_lm_dir, rm_dir, rounds=2, callbacks=callbacks(saving=True), batch_size=2)
     assert [r["round"] for r in whole.rounds] == [0, 1, 2]
-    # 4 batches a round, snapshots after the 2nd and 4th: step 5 is before round 2's first snapshot, step 6 after it
-    for step in (5, 6):
+    # 4 batches a round, snapshots after the 2nd and 4th: step 5 is before round 2's first snapshot, step 6 after
+    # it; steps 4 and 8 are the last batches of rounds 1 and 2 (their ends still to run), end-epoch=0 after round 1
+    for name in ("step=5", "step=6", "step=4", "step=8", "end-epoch=0"):
         resumed, _, _ = _run(tiny_lm_dir, rm_dir, rounds=2, callbacks=callbacks(), batch_size=2,
-                             ckpt_path=tmp_path / f"step={step}.ckpt")
-        assert repr(resumed.rounds) == repr(whole.rounds)  # exact, NaN included (a tiny model has no fresh pairs)
+                             ckpt_path=tmp_path / f"{name}.ckpt")
+        assert repr(resumed.rounds) == repr(whole.rounds), name  # exact, NaN included (no fresh pairs here)
         assert _same(resumed.model.state_dict(), whole.model.state_dict())
         assert _same(resumed.reward_model.state_dict(), whole.reward_model.state_dict())
 

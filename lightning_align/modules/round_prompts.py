@@ -25,7 +25,7 @@ class RoundPromptsDataModule(L.LightningDataModule):
     checkpoint selection (§5.1). An epoch has `policy_prompts` pair slots; `MutualTaughtRounds` fills them with
     the round's pairs before the first batch (prompts without a preference leave their slot to a repeated pair).
     Pairs are truncated to the policy's `max_length`, the length its reference log-probs were computed at.
-    Each round's batch order follows from (`seed`, round) alone and the loader resumes mid-round (`RoundLoader`).
+    The batch order is drawn from one generator seeded by `seed`; the loader resumes at any batch (`RoundLoader`).
     """
 
     def __init__(self, prompts: str = GOLD, policy_prompts: PositiveInt = 64, reward_prompts: PositiveInt = 64,
@@ -67,36 +67,44 @@ class RoundPromptsDataModule(L.LightningDataModule):
                                   self._resume)
         return self.loader
 
-    def state_dict(self) -> dict[str, int]:
-        """Where the loader is in its round: saved with every Lightning checkpoint, so a resume skips what was run."""
-        return {} if self.loader is None else {"round": self.loader.round, "served": self.loader.served}
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader is: saved with every Lightning checkpoint, so a resumed run draws and skips as needed."""
+        return {} if self.loader is None else self.loader.position()
 
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume = dict(state_dict) or None
 
 
 class RoundLoader(DataLoader):
-    """Shuffled batches of the round's pairs, in an order drawn from (`seed`, round) alone, that resume mid-round.
+    """Shuffled batches of the round's pairs from one seeded generator across rounds, resumable at any batch.
 
-    `resume` ({"round", "served"}, from a checkpoint) makes the iteration of that round skip the batches already
-    trained on; the rest come in the same order. A sized loader is not prefetched by Lightning, so the batches
-    served when a checkpoint is taken are those trained on. (The datamodule, not the loader, carries this state:
-    Lightning builds the loader to count steps before it restores a loader's own state, and then never does.)
+    `position()` is the round being iterated, the batches served in it, and the generator's state before that
+    round's draws and now. Given back as `resume` (from a checkpoint), the iteration of the same round restarts from
+    the state before and skips the batches already trained on; a later round continues from the saved state. A
+    sized loader is neither prefetched nor run past its last batch by Lightning, so the batches served when a
+    checkpoint is taken are those trained on, and nothing is drawn after them. (The datamodule, not the loader,
+    carries this state: Lightning builds the loader to count steps before it restores a loader's own state, and
+    then never does.)
     """
 
     def __init__(self, dataset: PairSlots, batch_size: int, seed: int, round_index: Callable[[], int],
                  collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]],
-                 resume: Optional[dict[str, int]] = None) -> None:
-        super().__init__(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator(),
+                 resume: Optional[dict[str, Any]] = None) -> None:
+        super().__init__(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
                          collate_fn=collate_fn)
-        self.seed, self.round_index, self.resume = seed, round_index, resume
-        self.round, self.served = -1, 0
+        self.round_index, self.resume = round_index, resume
+        self.round, self.served, self.before = -1, 0, self.generator.get_state()
+
+    def position(self) -> dict[str, Any]:
+        return {"round": self.round, "served": self.served, "before": self.before, "now": self.generator.get_state()}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        self.round, self.served = self.round_index(), 0
-        skip = self.resume["served"] if self.resume and self.resume["round"] == self.round else 0
-        self.resume = None
-        self.generator.manual_seed(self.seed + 1_000_003 * self.round)
+        self.round, self.served, resume, self.resume = self.round_index(), 0, self.resume, None
+        same_round = resume is not None and resume["round"] == self.round
+        if resume is not None:
+            self.generator.set_state(resume["before"] if same_round else resume["now"])
+        skip = resume["served"] if same_round else 0
+        self.before = self.generator.get_state()
         for index, batch in enumerate(super().__iter__()):
             if index >= skip:
                 self.served = index + 1
