@@ -37,7 +37,7 @@ class RoundPromptsDataModule(L.LightningDataModule):
         self.splits: PromptSplits | None = None
         self.train_set = PairSlots([], slots=policy_prompts)
         self.loader: Optional[RoundLoader] = None
-        self._resume: Optional[dict[str, int]] = None
+        self._resume: Optional[dict[str, Any]] = None
 
     def setup(self, stage: str) -> None:
         if self.splits is not None:
