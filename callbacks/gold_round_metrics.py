@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import lightning as L
+import torch
+from jsonargparse.typing import PositiveInt
 
+from lightning_align.algorithms.mutual_taught import round_generator
 from lightning_align.algorithms.sampling import SamplingConfig, sample_responses, score_responses
-from lightning_align.callbacks.preference_refresh import round_generator
+from lightning_align.callbacks.mutual_taught_rounds import MutualTaughtRounds
 from lightning_align.data.gold_task import gold_reward, gold_win_rate
 from lightning_align.data.preference import GOLD
 from lightning_align.errors import ConfigError
@@ -27,26 +31,31 @@ class GoldRoundMetrics(L.Callback):
       the paper (all pairs of a prompt are used, to cut the variance of a small selection set);
     - `rm_accuracy_heldout`: accuracy of r_t on the pairs the reward stage held out, read from the r_0 directory
       (`heldout_pairs.jsonl`, written by `RewardModule.export`); NaN with a warning if that directory has none.
-    Must come last among the Mutual-Taught callbacks; logs `round/<name>` and fills the module's `rounds`. With a
-    user's own prompts (no gold reward) it warns once and does nothing.
+    Must follow `MutualTaughtRounds`, whose round state it only reads (r_{t-1} as `ranking_reward_model`, the
+    rows for the log); it keeps its own rows (`round_rows()`, merged into the module's `rounds` by round) and logs
+    `round/<name>`. With a user's own prompts (no gold reward) it warns once and does nothing.
     """
 
-    def __init__(self, seed: int = 0, fresh_samples: int = 4, sampling: SamplingConfig = SamplingConfig()) -> None:
+    def __init__(self, seed: int = 0, fresh_samples: PositiveInt = 4,
+                 sampling: SamplingConfig = SamplingConfig()) -> None:
         if fresh_samples < 2:
             raise ConfigError("fresh_samples", "needs at least 2 samples per prompt to form pairs")
         self.seed, self.fresh_samples, self.sampling = seed, fresh_samples, sampling
         self.heldout: list[dict[str, str]] = []
+        self.driver: MutualTaughtRounds | None = None
+        self._rows: list[dict[str, Any]] = []
         self._initial: list[str] = []
-        self._previous_rm = None
         self.enabled = True
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.enabled = getattr(trainer.datamodule, "prompts", None) == GOLD
         if not self.enabled:
             log.warning("GoldRoundMetrics: no gold reward for your own prompts; per-round gold metrics are skipped")
-        if trainer.callbacks.index(self) != max(i for i, cb in enumerate(trainer.callbacks)
-                                                if type(cb).__module__.startswith("lightning_align")):
-            raise ConfigError("trainer.callbacks", "GoldRoundMetrics must follow the other Mutual-Taught callbacks")
+        driver = [i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, MutualTaughtRounds)]
+        if not driver or driver[0] > trainer.callbacks.index(self):
+            raise ConfigError("trainer.callbacks", "GoldRoundMetrics must follow MutualTaughtRounds (it evaluates "
+                              "the policy each round selects)")
+        self.driver = trainer.callbacks[driver[0]]
         if self.enabled:
             self.heldout = read_heldout_pairs(pl_module.reward_model_path) or []
             if not self.heldout:
@@ -67,7 +76,8 @@ class GoldRoundMetrics(L.Callback):
                                    pl_module.max_length)
         return sum(c > r for c, r in zip(chosen, rejected)) / len(pairs)
 
-    def _row(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+    def _row(self, trainer: L.Trainer, pl_module: L.LightningModule,
+             previous: torch.nn.Module) -> dict[str, float]:
         prompts = trainer.datamodule.splits.selection
         responses = [r[0] for r in self._responses(pl_module, prompts, 1, 0)]
         if not self._initial:
@@ -79,7 +89,6 @@ class GoldRoundMetrics(L.Callback):
                     if gold_reward(a) != gold_reward(b):
                         chosen, rejected = (a, b) if gold_reward(a) > gold_reward(b) else (b, a)
                         fresh.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
-        previous = self._previous_rm if self._previous_rm is not None else pl_module.reward_model
         return {
             "gold_reward": sum(map(gold_reward, responses)) / len(responses),
             "gold_win_rate": gold_win_rate(responses, self._initial),
@@ -89,22 +98,32 @@ class GoldRoundMetrics(L.Callback):
             "fresh_pairs": float(len(fresh)),
         }
 
-    def _publish(self, trainer: L.Trainer, row: dict[str, float]) -> None:
+    def _add(self, trainer: L.Trainer, pl_module: L.LightningModule, round_number: int,
+             previous: torch.nn.Module) -> None:
+        row = {"round": round_number, **self._row(trainer, pl_module, previous)}
+        self._rows.append(row)
         if trainer.logger is not None:
             numeric = {f"round/{k}": float(v) for k, v in row.items() if isinstance(v, (int, float))}
             trainer.logger.log_metrics(numeric, step=trainer.global_step)
-        log.info("Mutual-Taught rounds so far:\n%s", round_table(trainer.lightning_module.rounds))
+        log.info("Mutual-Taught rounds so far:\n%s", round_table(pl_module.rounds))
+
+    def round_rows(self) -> list[dict[str, Any]]:
+        """Round 0 (the start) and one row per finished round (copies)."""
+        return [dict(row) for row in self._rows]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.enabled and not pl_module.rounds:
-            pl_module.rounds.append({"round": 0, **self._row(trainer, pl_module)})
-            self._publish(trainer, pl_module.rounds[-1])
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._previous_rm = pl_module.reward_model
+        if self.enabled and not self._rows:
+            self._add(trainer, pl_module, 0, pl_module.reward_model)
+        elif self.enabled and self._rows[-1]["round"] < self.driver.finished_rounds:
+            # resumed from a round's last batch: the driver has just ended that round here, not at an epoch's end
+            self._add(trainer, pl_module, self.driver.finished_rounds, self.driver.ranking_reward_model)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled:
-            return
-        pl_module.rounds[-1].update(self._row(trainer, pl_module))
-        self._publish(trainer, pl_module.rounds[-1])
+        if self.enabled:
+            self._add(trainer, pl_module, trainer.current_epoch + 1, self.driver.ranking_reward_model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self._rows, "initial": self._initial}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._rows, self._initial = [dict(row) for row in state_dict["rows"]], list(state_dict["initial"])

@@ -10,7 +10,8 @@ from lightning_align.cli import PACKAGE_CONF, main
 from lightning_align.config import condense_parser_error
 from tests.conftest import TINY_OVERRIDES
 
-SAMPLING = "stages.mutual_taught.trainer.callbacks.0.init_args.sampling"
+ROUNDS = "stages.mutual_taught.trainer.callbacks.0.init_args"
+SAMPLING = f"{ROUNDS}.sampling"
 
 
 def _run(tmp_path: Path, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
@@ -36,6 +37,9 @@ def _run(tmp_path: Path, capsys: pytest.CaptureFixture, *args: str) -> tuple[int
         (f"{SAMPLING}.top_p=0", f"{SAMPLING}.top_p"),
         (f"{SAMPLING}.temperature=-1", f"{SAMPLING}.temperature"),
         (f"{SAMPLING}.max_new_tokens=0", f"{SAMPLING}.max_new_tokens"),
+        (f"{ROUNDS}.tau=1.5", f"{ROUNDS}.tau"),
+        (f"{ROUNDS}.checkpoints=0", f"{ROUNDS}.checkpoints"),
+        (f"{ROUNDS}.fit.lr=0", f"{ROUNDS}.fit.lr"),
     ],
 )
 def test_bad_override_names_key_and_exits_2(tmp_path, capsys, override, key):

@@ -1,7 +1,7 @@
 import pytest
 
 from lightning_align.algorithms.mutual_taught import (
-    e_step_pair, e_step_pairs, m_step_pairs, select_checkpoint, split_prompts, win_rate,
+    e_step_pair, e_step_pairs, m_step_pairs, select_checkpoint, snapshot_batches, split_prompts, win_rate,
 )
 
 
@@ -34,8 +34,9 @@ def test_e_step_ties_and_no_preference():
     assert records == [{"prompt": "q", "chosen": "d", "rejected": "c"}]
 
 
-def test_win_rate_is_strict():
-    assert win_rate([1.0, 2.0, 0.0, 3.0], [0.0, 2.0, 1.0, 1.0]) == 0.5
+def test_win_rate_counts_ties_half():
+    assert win_rate([1.0, 2.0, 0.0, 3.0], [0.0, 2.0, 1.0, 1.0]) == (1 + 0.5 + 0 + 1) / 4
+    assert win_rate([1.0, 1.0], [1.0, 1.0]) == 0.5
 
 
 def test_select_checkpoint_tau_rule():
@@ -52,3 +53,9 @@ def test_m_step_epsilon_filter():
     assert eps == pytest.approx(1.0)
     assert pairs == [{"prompt": "a", "chosen": "n1", "rejected": "o1"},
                      {"prompt": "c", "chosen": "n3", "rejected": "o3"}]
+
+
+def test_snapshot_batches_evenly_spaced_ending_on_the_last():
+    assert snapshot_batches(4, 2) == {1, 3}
+    assert snapshot_batches(5, 3) == {1, 3, 4}
+    assert snapshot_batches(2, 1) == {1}

@@ -23,8 +23,7 @@ SMALL_ALIGNMENT = [
     f"{MT}.data.init_args.selection_prompts=8", f"{MT}.data.init_args.batch_size=4",
     f"{MT}.trainer.callbacks.0.init_args.num_samples=3", f"{MT}.trainer.callbacks.0.init_args.tau=0.0",
     f"{MT}.trainer.callbacks.0.init_args.sampling={SAMPLING}",
-    f"{MT}.trainer.callbacks.1.init_args.sampling={SAMPLING}",
-    f"{MT}.trainer.callbacks.1.init_args.fit.epochs=1", f"{MT}.trainer.callbacks.2.init_args.sampling={SAMPLING}",
+    f"{MT}.trainer.callbacks.0.init_args.fit.epochs=1", f"{MT}.trainer.callbacks.1.init_args.sampling={SAMPLING}",
 ]
 
 

@@ -80,13 +80,26 @@ def test_ipo_starts_at_its_target_squared(tmp_path, tiny_lm_dir):
     assert end["val/loss"] < start["val/loss"]
 
 
+class _Rows(L.Callback):
+    """A callback that keeps round rows, as `MutualTaughtRounds` and `GoldRoundMetrics` do."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+
+    def round_rows(self) -> list[dict]:
+        return self.rows
+
+
 def test_export_writes_round_report_and_reward_model(tmp_path, tiny_lm_dir):
     rm_dir = RewardModule(ModelSpec(path=str(tiny_lm_dir))).export(tmp_path / "rm")
     module = PolicyModule(ModelSpec(path=str(tiny_lm_dir)), reward_model=str(rm_dir))
-    module.rounds = [{"round": 0, "gold_reward": 0.5}, {"round": 1, "gold_reward": 0.625, "stopped": False}]
+    assert module.rounds == [], "no trainer, no rounds"
+    module.trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[
+        _Rows([{"round": 1, "stopped": False}]),
+        _Rows([{"round": 0, "gold_reward": 0.5}, {"round": 1, "gold_reward": 0.625}])])
     out = module.export(tmp_path / "policy")
     report = (out / "report.md").read_text()
-    assert "| round | gold_reward | stopped |" in report and "| 1 | 0.625 | False |" in report
+    assert "| round | gold_reward | stopped |" in report and "| 1 | 0.625 | False |" in report  # merged by round
     assert (out / "rounds.png").stat().st_size > 0
     assert json.loads((out / "reward_model" / "lightning_align.json").read_text())["kind"] == "reward_model"
     assert json.loads((out / "lightning_align.json").read_text())["rounds"][1]["gold_reward"] == 0.625

@@ -1,19 +1,36 @@
-"""Mutual-Taught (Shi et al., ACL 2025, arXiv 2506.06292): the data side of its EM rounds, as pure functions.
+"""Mutual-Taught (Shi et al., ACL 2025, arXiv 2506.06292): one EM round, as two functions read top to bottom.
 
 Round t starts from policy π_{t-1} and reward model r_{t-1}:
-- E-step (§4.1): per prompt of the round's split, sample k responses, score them with r_{t-1}, and build one DPO pair
-  (`e_step_pair`); train π by DPO with reference π_{t-1}.
-- Checkpoint selection (§4.1): the E-step's checkpoint whose held-out responses r_{t-1} prefers most often to
-  π_{t-1}'s becomes π_t; if even the best wins less than τ of the time, stop (`select_checkpoint`).
-- M-step (§4.2): pairs (y_new ~ π_t) ≻ (y_old ~ π_{t-1}) on the RM split, filtered by ε (`m_step_pairs`), plus the
-  E-step pairs; the RM is re-trained from r_0 on them.
-Models, sampling and training live in the callbacks; everything here is data in, data out.
+
+1. `start_round` (§4.1, before training): per prompt of the round's split, sample k responses from π_{t-1}, rank
+   them with r_{t-1} and build one DPO pair; also draw what the round's end compares with: π_{t-1}'s responses on
+   the held-out selection prompts, scored by r_{t-1}, and y_old ~ π_{t-1} on the RM prompts.
+2. The E-step itself: DPO on those pairs with reference π_{t-1}, keeping a few snapshots of the policy. This is the
+   caller's training loop (`callbacks/mutual_taught_rounds.py` drives it through Lightning).
+3. `end_round` (§4.1 then §4.2): the snapshot whose selection responses r_{t-1} prefers most often to π_{t-1}'s
+   (ties ½) becomes π_t; if even the best wins less than τ of the time, π_{t-1} is kept and the rounds stop. Else
+   M-step: pairs y_new ~ π_t ≻ y_old, filtered by ε, plus the E-step pairs; a copy of r_0 trained on them is r_t.
+
+Every draw has its own generator per (seed, round, purpose), so reruns and resumes draw the same samples.
 """
 from __future__ import annotations
 
+import math
 import random
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lightning_align.algorithms.generation_strategies import self_aggregate
+from lightning_align.algorithms.reward_training import RewardFitConfig, fit_reward_model
+from lightning_align.algorithms.sampling import SamplingConfig, sample_responses, score_responses
+
+SAMPLES, SELECTION, RM_BEFORE, RM_AFTER = range(4)  # draw purposes: each gets its own generator per round
+
+State = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -68,10 +85,10 @@ def e_step_pairs(prompts: list[str], responses: list[list[str]], scores: list[li
 
 
 def win_rate(new_scores: list[float], old_scores: list[float]) -> float:
-    """Fraction of prompts where the RM scores the candidate's response strictly above the previous policy's."""
+    """Share of prompts where the candidate's response scores above the previous policy's; ties count one half."""
     if len(new_scores) != len(old_scores) or not new_scores:
         raise ValueError("win rate needs two equally long, non-empty score lists")
-    return sum(n > o for n, o in zip(new_scores, old_scores)) / len(new_scores)
+    return sum(1.0 if n > o else 0.5 if n == o else 0.0 for n, o in zip(new_scores, old_scores)) / len(new_scores)
 
 
 def select_checkpoint(win_rates: list[float], tau: float) -> tuple[int, bool]:
@@ -93,3 +110,129 @@ def m_step_pairs(prompts: list[str], new_responses: list[str], old_responses: li
         if new != old and sn - so > -epsilon:
             records.append({"prompt": prompt, "chosen": new, "rejected": old})
     return records, epsilon
+
+
+def round_generator(seed: int, round_index: int, purpose: int) -> torch.Generator:
+    """A generator per (seed, round, purpose): reruns and resumes draw the same samples."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + round_index * 101 + purpose)
+
+
+def snapshot_batches(batches: int, checkpoints: int) -> set[int]:
+    """Indices of the batches after which the E-step keeps a snapshot: `checkpoints` evenly spaced, ending last."""
+    return {math.ceil(batches * (j + 1) / checkpoints) - 1 for j in range(checkpoints)}
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """One round's settings. `fit` None keeps r_0 for every round (iterative DPO with a frozen RM); an
+    `aggregation_template` adds a Generative Self-Aggregation answer (arXiv 2503.04104) to the k samples."""
+
+    num_samples: int
+    sampling: SamplingConfig
+    tau: float
+    max_length: int
+    seed: int
+    fit: Optional[RewardFitConfig] = None
+    aggregation_template: Optional[str] = None
+
+
+@dataclass
+class RoundStart:
+    """What round t takes from π_{t-1} and r_{t-1} before training and needs again at its end."""
+
+    pairs: list[dict[str, Any]]  # E-step DPO pairs; the caller adds π_{t-1}'s reference log-probs
+    baseline: list[float]  # r_{t-1}(y ~ π_{t-1}) on the selection prompts
+    before: list[str]  # y_old ~ π_{t-1} on the RM prompts ([] without a refit)
+    gsa_chosen: Optional[float] = None  # share of pairs whose chosen response is the GSA answer
+
+
+@dataclass
+class RoundEnd:
+    """The round's outcome; `reward_model` is r_t, or None when r_{t-1} stays (frozen RM, or τ stop)."""
+
+    win_rates: list[float]
+    checkpoint: int
+    stopped: bool
+    reward_model: Optional[PreTrainedModel] = None
+    m_step: dict[str, float] = field(default_factory=dict)
+
+
+def _draw(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], k: int,
+          config: RoundConfig, round_index: int, purpose: int) -> list[list[str]]:
+    return sample_responses(policy, tokenizer, prompts, k, config.sampling,
+                            round_generator(config.seed, round_index, purpose))
+
+
+def _one_each(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], config: RoundConfig,
+              round_index: int, purpose: int) -> list[str]:
+    return [group[0] for group in _draw(policy, tokenizer, prompts, 1, config, round_index, purpose)]
+
+
+def candidate_pool(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                   config: RoundConfig, round_index: int) -> list[list[str]]:
+    """The responses the RM ranks for each prompt: k samples of π_{t-1}, plus their GSA aggregate when enabled."""
+    samples = _draw(policy, tokenizer, prompts, config.num_samples, config, round_index, SAMPLES)
+    if config.aggregation_template is None:
+        return samples
+    aggregates = self_aggregate(policy, tokenizer, prompts, samples, config.sampling, config.aggregation_template)
+    return [group + [aggregate] for group, aggregate in zip(samples, aggregates)]
+
+
+def selection_scores(policy: PreTrainedModel, reward_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                     prompts: list[str], config: RoundConfig, round_index: int) -> list[float]:
+    """r_{t-1}'s scores of one response per selection prompt; the same draws for every policy of the round."""
+    return score_responses(reward_model, tokenizer, prompts,
+                           _one_each(policy, tokenizer, prompts, config, round_index, SELECTION), config.max_length)
+
+
+def start_round(policy: PreTrainedModel, reward_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                splits: PromptSplits, round_index: int, config: RoundConfig) -> RoundStart:
+    """§4.1 up to DPO: sample from π_{t-1}, rank with r_{t-1}, one pair per prompt; plus the round end's baselines."""
+    prompts = splits.policy[round_index]
+    pool = candidate_pool(policy, tokenizer, prompts, config, round_index)
+    width = len(pool[0])
+    flat = score_responses(reward_model, tokenizer, [p for p in prompts for _ in range(width)],
+                           [r for group in pool for r in group], config.max_length)
+    scores = [flat[i * width:(i + 1) * width] for i in range(len(prompts))]
+    start = RoundStart(
+        pairs=e_step_pairs(prompts, pool, scores),
+        baseline=selection_scores(policy, reward_model, tokenizer, splits.selection, config, round_index),
+        before=(_one_each(policy, tokenizer, splits.reward, config, round_index, RM_BEFORE)
+                if config.fit is not None else []))
+    if config.aggregation_template is not None:
+        chosen = [pair[0] == group[-1] for group, values in zip(pool, scores)
+                  if (pair := e_step_pair(group, values)) is not None]
+        start.gsa_chosen = sum(chosen) / max(1, len(chosen))
+    return start
+
+
+def end_round(policy: PreTrainedModel, snapshots: list[State], start_state: State, reward_model: PreTrainedModel,
+              tokenizer: PreTrainedTokenizerBase, splits: PromptSplits, round_index: int, start: RoundStart,
+              config: RoundConfig, base_reward_model: Callable[[], PreTrainedModel]) -> RoundEnd:
+    """§4.1 checkpoint selection with the τ stop, then the §4.2 M-step; loads π_t (or π_{t-1}) into `policy`.
+
+    `base_reward_model` returns a fresh copy of r_0 on the training device: r_t is always re-trained from it."""
+    rates = []
+    for state in snapshots:
+        policy.load_state_dict(state)
+        rates.append(win_rate(selection_scores(policy, reward_model, tokenizer, splits.selection, config,
+                                               round_index), start.baseline))
+    best, stop = select_checkpoint(rates, config.tau)
+    policy.load_state_dict(start_state if stop else snapshots[best])
+    end = RoundEnd(rates, best, stop)
+    if stop or config.fit is None:
+        return end
+    prompts = splits.reward
+    after = _one_each(policy, tokenizer, prompts, config, round_index, RM_AFTER)
+    score = lambda texts: score_responses(reward_model, tokenizer, prompts, texts,  # noqa: E731
+                                          config.max_length)
+    pairs, epsilon = m_step_pairs(prompts, after, start.before, score(after), score(start.before))
+    e_pairs = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in start.pairs]
+    refit = base_reward_model()
+    refit.requires_grad_(True)
+    with torch.enable_grad():
+        stats = fit_reward_model(refit, tokenizer, pairs + e_pairs, config.fit, config.max_length)
+    refit.requires_grad_(False)
+    end.reward_model = refit
+    end.m_step = {"m_pairs": len(pairs), "epsilon": epsilon, "rm_fit_accuracy": stats["accuracy"]}
+    return end

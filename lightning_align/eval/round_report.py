@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import matplotlib
 
@@ -16,6 +17,22 @@ PLOTTED = {
     "rm_accuracy_fresh": "r_t accuracy on π_t pairs",
     "rm_accuracy_heldout": "r_t accuracy on held-out pairs",
 }
+
+
+@runtime_checkable
+class RoundRows(Protocol):
+    """A callback that keeps rows of the round table (each with a "round" key)."""
+
+    def round_rows(self) -> list[dict[str, Any]]: ...
+
+
+def merge_rounds(sources: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per round, in round order, with the columns of every source that has that round."""
+    merged: dict[int, dict[str, Any]] = {}
+    for rows in sources:
+        for row in rows:
+            merged.setdefault(row["round"], {}).update(row)
+    return [merged[r] for r in sorted(merged)]
 
 
 def _cell(value: object) -> str:

@@ -1,6 +1,7 @@
 """Policy training by DPO against a frozen reference: the `dpo` stage and the E-step of the `mutual_taught` stage."""
 from __future__ import annotations
 
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,7 +14,7 @@ from lightning_align.algorithms.progress import progress_bar
 from lightning_align.algorithms.sampling import sequence_logprobs
 from lightning_align.data.preference import collate_pairs
 from lightning_align.errors import ConfigError
-from lightning_align.eval.round_report import write_round_report
+from lightning_align.eval.round_report import RoundRows, merge_rounds, write_round_report
 from lightning_align.models.checkpoint import save_model_dir
 from lightning_align.models.adapters import export_model_dir, prepare_for_training
 from lightning_align.models.loading import load_model, load_tokenizer
@@ -33,12 +34,12 @@ class PolicyModule(L.LightningModule):
     batches both truncate with it, so reference and policy always score the same tokens.
     With IPO, log-probs are length-averaged (as its regression target assumes) for policy and reference alike.
 
-    `reward_model` (a directory) is the RM r_0 the Mutual-Taught callbacks score with; `reward_refresh: false`
-    keeps it frozen across rounds (the iterative-DPO ablation), otherwise `RewardRefresh` refits it each round.
+    `reward_model` (a directory) is the RM r_0 the Mutual-Taught rounds score with; `reward_refresh: false`
+    keeps it frozen across rounds (the iterative-DPO ablation), otherwise `MutualTaughtRounds` refits it each round.
     A frozen RM may be loaded in 8 or 4 bits (`reward_quantization`); one that is refitted may not.
     With `model.lora` the policy trains adapters; its reference log-probs are those of the adapted model at
     annotation time (at the start: the base, since fresh adapters add nothing).
-    `rounds` holds one dict of metrics per finished round; `export` writes it as the stage's report.
+    `rounds` is the round table of the callbacks that keep one; `export` writes it as the stage's report.
     """
 
     def __init__(self, model: ModelSpec = ModelSpec(), optim: OptimConfig = OptimConfig(lr=1e-4, warmup_steps=0,
@@ -48,6 +49,8 @@ class PolicyModule(L.LightningModule):
                  reward_quantization: Optional[Quantization] = None) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # Plain values only: Lightning resumes a checkpoint with `torch.load(weights_only=True)`, which refuses classes.
+        self.hparams.update({k: asdict(v) for k, v in self.hparams.items() if is_dataclass(v)})
         if reward_quantization is not None and reward_refresh:
             raise ConfigError("model.init_args.reward_quantization", "the reward model is refitted every round "
                               "(reward_refresh: true), which a quantized model cannot be; set reward_refresh: false "
@@ -60,7 +63,13 @@ class PolicyModule(L.LightningModule):
         self.reward_model = None
         if reward_model is not None:
             self.reward_model = self.load_base_reward_model()
-        self.rounds: list[dict[str, float]] = []
+
+    @property
+    def rounds(self) -> list[dict[str, Any]]:
+        """The round table: the rows of the trainer's callbacks that keep rounds (`round_rows()`), merged by round."""
+        if self._trainer is None:
+            return []
+        return merge_rounds([cb.round_rows() for cb in self._trainer.callbacks if isinstance(cb, RoundRows)])
 
     def load_base_reward_model(self) -> torch.nn.Module:
         """A fresh copy of r_0, frozen: the E-step scores with it and the M-step restarts from it (§4.2)."""
@@ -110,20 +119,15 @@ class PolicyModule(L.LightningModule):
     def configure_optimizers(self) -> dict:
         return build_optimizer(self.model.named_parameters(), self.optim, int(self.trainer.estimated_stepping_batches))
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["mutual_taught_rounds"] = self.rounds
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.rounds = checkpoint.get("mutual_taught_rounds", [])
-
     def export(self, out_dir: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Save the policy; after Mutual-Taught rounds also the last RM (`reward_model/`) and the round report.
 
         A quantized RM is not saved: it was never refitted, so it is r_0, which stays where `reward_model` points."""
+        rounds = self.rounds
         out = export_model_dir(self.model, self.spec, load_model, self.tokenizer, out_dir,
-                               {**(metadata or {}), "rounds": self.rounds})
-        if self.rounds:
+                               {**(metadata or {}), "rounds": rounds})
+        if rounds:
             if self.reward_model is not None and self.reward_quantization is None:
                 save_model_dir(self.reward_model, self.tokenizer, out / REWARD_MODEL_DIR, {"kind": "reward_model"})
-            write_round_report(self.rounds, out)
+            write_round_report(rounds, out)
         return out
