@@ -17,14 +17,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from lightning_align.config import RunSection, validate_dataclass
-from lightning_align.errors import ConfigError
+from lightning_align.config import PipelineSection, RunSection, interpolated_keys, validate_dataclass
+from lightning_align.errors import ConfigError, DataError
 from lightning_align.eval.divergence import divergence_warnings
 from lightning_align.eval.report import write_run_report
 from lightning_align.models.blocks import check_model_type
 from lightning_align.models.checkpoint import read_model_type
+from lightning_align.models.loading import model_dir_problem
 from lightning_align.models.spec import ModelSpec
 from lightning_align.stages import ACTIONS, StageContext
+from lightning_align.stages.input_models import check_input_models
 from lightning_align.stages.lightning_stage import init_arg_names, reshaping_callbacks
 from lightning_align.stages.loggers import LoggerSection, check_installed, stage_loggers
 
@@ -70,6 +72,8 @@ class MultiStageTrainer:
                                            if isinstance(cfg, DictConfig) else copy.deepcopy(cfg))
         except MissingMandatoryValue as err:
             raise ConfigError(str(err.full_key), "required but missing (give it as an override, e.g. key=value)") from None
+        self.data_references = interpolated_keys(
+            OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg, "data")
         unknown = set(self.config) - TOP_LEVEL_KEYS
         if unknown:
             raise ConfigError(sorted(unknown)[0], f"unknown top-level key (expected {sorted(TOP_LEVEL_KEYS)})")
@@ -81,12 +85,16 @@ class MultiStageTrainer:
 
     def plan(self) -> list[StageContext]:
         """The effective config of every stage, validated; raises `ConfigError` before any work."""
-        validate_dataclass(ModelSpec, self.config.get("model", {}), "model")
-        order = (self.config.get("pipeline") or {}).get("stages") or {}
-        if not isinstance(order, dict) or not order:
+        run_model = validate_dataclass(ModelSpec, self.config.get("model", {}), "model")
+        problem = model_dir_problem(Path(run_model.path)) if run_model.path is not None else None
+        if problem is not None:
+            raise ConfigError("model.path", f"'{run_model.path}' {problem}")
+        validate_dataclass(PipelineSection, self.config.get("pipeline") or {}, "pipeline")
+        order = self.config["pipeline"]["stages"]
+        if not order:
             raise ConfigError("pipeline.stages", "must map at least one stage name to an action")
         declared = self.config.get("stages") or {}
-        contexts, previous = [], None
+        contexts, previous, written = [], None, []
         for name, action in order.items():
             if action not in ACTIONS:
                 raise ConfigError(f"pipeline.stages.{name}", f"unknown action '{action}' (one of {sorted(ACTIONS)})")
@@ -98,10 +106,23 @@ class MultiStageTrainer:
                 validate_dataclass(ModelSpec, start, f"stages.{name}.model.init_args.model")
                 check_lora_shape(start, config, name)
             self._check_family(config, name)
+            check_input_models(config, f"stages.{name}", written)
             ACTIONS[action].check(config, f"stages.{name}")
             contexts.append(StageContext(name, config, previous, self.run_dir / name, self.run_dir))
-            previous = self.run_dir / name if ACTIONS[action].writes_model else previous
+            if ACTIONS[action].writes_model:
+                previous = self.run_dir / name
+                written.append(previous)
+        self._check_data_keys(contexts)
         return contexts
+
+    def _check_data_keys(self, contexts: list[StageContext]) -> None:
+        """A run-level `data:` key must reach a stage: taken by one of their datamodules or interpolated into a
+        stage config (`${data.seed}`); anything else (a typo, a key of a stage that is not in the run) is refused."""
+        accepted = set().union(*(init_arg_names(ctx.config.get("data")) for ctx in contexts))
+        for key in self.config.get("data") or {}:
+            if key not in accepted and key not in self.data_references:
+                raise ConfigError(f"data.{key}", f"no stage of this pipeline reads it (their datamodules take "
+                                  f"{', '.join(sorted(accepted)) or 'nothing'}, and no stage interpolates it)")
 
     def _check_family(self, config: dict[str, Any], name: str) -> None:
         """A stage whose callbacks cut blocks or neurons needs a family with a block view: refuse others from the
@@ -143,8 +164,18 @@ class MultiStageTrainer:
         return config
 
     def state(self) -> dict[str, Any]:
+        """Which stages are done; a file that is not what `run` writes is refused rather than guessed at."""
         path = self.run_dir / "state.json"
-        return json.loads(path.read_text()) if path.is_file() else {"done": {}}
+        if not path.is_file():
+            return {"done": {}}
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:  # malformed JSON or bytes that are not UTF-8
+            state = None
+        if not isinstance(state, dict) or not isinstance(state.get("done"), dict):
+            raise DataError(path, "is corrupt (not the JSON record of finished stages this run writes); delete it "
+                            "to run every stage again")
+        return state
 
     def run(self) -> dict[str, dict[str, float]]:
         """Run every stage not yet done with the same config; returns each stage's metrics (the warnings of

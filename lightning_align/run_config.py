@@ -1,6 +1,7 @@
 """Hydra composition of a run config, with Hydra's errors turned into `ConfigError`s that name the key."""
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -22,7 +23,10 @@ def _stage_dir(name: str, *, _root_: DictConfig) -> str:
 
 
 def compose(config_dir: str | Path, config_name: str, overrides: list[str]) -> DictConfig:
-    """Compose `<config_dir>/<config_name>.yaml` with overrides; errors name the offending key or file."""
+    """Compose `<config_dir>/<config_name>.yaml` with overrides; errors name the offending key or file.
+
+    Interpolations are resolved once to surface their errors here, but returned unresolved: planning reads them to
+    tell which run-level keys a stage uses (`${data.corpus}`)."""
     config_dir = Path(config_dir).resolve()
     if not (config_dir / f"{config_name}.yaml").is_file():
         raise ConfigError("--config-name", f"{config_dir / (config_name + '.yaml')} not found")
@@ -31,7 +35,7 @@ def compose(config_dir: str | Path, config_name: str, overrides: list[str]) -> D
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=overrides)
-        OmegaConf.resolve(cfg)
+        OmegaConf.resolve(copy.deepcopy(cfg))
     except (HydraException, OmegaConfBaseException) as err:
         text = str(err)
         match = _OVERRIDE_KEY.search(text) or _FULL_KEY.search(text)
