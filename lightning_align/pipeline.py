@@ -82,6 +82,7 @@ class MultiStageTrainer:
         self.logger_section: LoggerSection = validate_dataclass(LoggerSection, self.config.get("logger", {}), "logger")
         check_installed(self.logger_section)
         self.stages = self.plan()
+        self.state()  # a corrupt state file is refused here, before `run` writes anything
 
     def plan(self) -> list[StageContext]:
         """The effective config of every stage, validated; raises `ConfigError` before any work."""

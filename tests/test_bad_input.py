@@ -45,20 +45,21 @@ def _error_line(capsys: pytest.CaptureFixture) -> str:
     (["pipeline=align", f"{MUTUAL_TAUGHT}.beta=inf"], f"{MUTUAL_TAUGHT}.beta", "finite"),
     (["pipeline=align", f"+{MUTUAL_TAUGHT}.reward_quantization=8bit"], f"{MUTUAL_TAUGHT}.reward_quantization",
      "refitted every round"),
-    (["pipeline=align", "stages.pretrain.trainer.max_steps=-5"], "stages.pretrain.trainer.max_steps", "-5"),
-    (["pipeline=align", "trainer.log_every_n_steps=0"], "stages.pretrain.trainer.log_every_n_steps", "PositiveInt"),
-    (["pipeline=align", "+stages.sft.trainer.accumulate_grad_batches=0"],
-     "stages.sft.trainer.accumulate_grad_batches", "PositiveInt"),
+    ([*PRETRAIN_EVALUATE, "stages.pretrain.trainer.max_steps=-5"], "stages.pretrain.trainer.max_steps", "-5"),
+    ([*PRETRAIN_EVALUATE, "trainer.log_every_n_steps=0"], "stages.pretrain.trainer.log_every_n_steps", "PositiveInt"),
+    ([*PRETRAIN_EVALUATE, "+stages.pretrain.trainer.accumulate_grad_batches=0"],
+     "stages.pretrain.trainer.accumulate_grad_batches", "PositiveInt"),
     (["pipeline=enlarge_prune", "pipeline.schedule.min_lr_ratio=-3"], "pipeline.schedule.min_lr_ratio", "-3"),
-    (["pipeline=align", "stages.pretrain.model.init_args.optim.min_lr_ratio=-3"],
+    ([*PRETRAIN_EVALUATE, "stages.pretrain.model.init_args.optim.min_lr_ratio=-3"],
      "stages.pretrain.model.init_args.optim.min_lr_ratio", "-3"),
-    (["pipeline=align", "model.num_key_value_heads=3"], "model.num_key_value_heads", "divide num_attention_heads (4)"),
-    (["pipeline=align", "model.hidden_size=72", "model.num_attention_heads=8", "model.num_key_value_heads=8"],
+    ([*PRETRAIN_EVALUATE, "model.num_key_value_heads=3"], "model.num_key_value_heads",
+     "divide num_attention_heads (4)"),
+    ([*PRETRAIN_EVALUATE, "model.hidden_size=72", "model.num_attention_heads=8", "model.num_key_value_heads=8"],
      "model.num_attention_heads", "even size"),
-    (["pipeline=align", "+data.corpsu=/nonexistent.txt"], "data.corpsu", "no stage of this pipeline reads it"),
+    ([*PRETRAIN_EVALUATE, "+data.corpsu=/nonexistent.txt"], "data.corpsu", "no stage of this pipeline reads it"),
     (["pipeline=enlarge_prune", "+pipeline.schedule.warmup_stpes=3"], "pipeline.schedule.warmup_stpes",
      "unknown key"),
-    (["pipeline=align", "+pipeline.order=[pretrain]"], "pipeline.order", "unknown key"),
+    ([*PRETRAIN_EVALUATE, "+pipeline.order=[pretrain]"], "pipeline.order", "unknown key"),
     (["pipeline=align", f"{MUTUAL_TAUGHT}.reward_model=/nonexistent/rm"], f"{MUTUAL_TAUGHT}.reward_model",
      "does not exist"),
 ])
@@ -105,15 +106,18 @@ def test_a_typo_in_a_users_data_group_file_is_refused(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_corrupt_state_file_is_named_with_the_fix(tmp_path):
-    trainer = _plan(tmp_path, "pipeline=align")
-    trainer.run_dir.mkdir(parents=True)
+def test_a_corrupt_state_file_is_named_with_the_fix_before_anything_is_written(tmp_path, capsys):
+    trainer = _plan(tmp_path, *PRETRAIN_EVALUATE)
     state = trainer.run_dir / "state.json"
-    for content in ("{\"done\": {\"pretrain\": ", "[]", "{\"done\": 3}"):
-        state.write_text(content)
+    state.parent.mkdir(parents=True)
+    for content in (b"{\"done\": {\"pretrain\": ", b"[]", b"{\"done\": 3}", b"\xff"):
+        state.write_bytes(content)
         with pytest.raises(DataError) as err:
             trainer.state()
         assert str(err.value).startswith(f"{state}: is corrupt") and "delete it" in str(err.value)
+    assert main(["run", f"run.dir={tmp_path / 'runs'}", *PRETRAIN_EVALUATE]) == 2
+    assert _error_line(capsys).startswith(f"error: {state}: is corrupt")
+    assert [path.name for path in state.parent.iterdir()] == ["state.json"]
 
 
 def _unwritable(tmp_path: Path) -> Path:
