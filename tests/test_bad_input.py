@@ -52,6 +52,8 @@ def _error_line(capsys: pytest.CaptureFixture) -> str:
     (["pipeline=enlarge_prune", "pipeline.schedule.min_lr_ratio=-3"], "pipeline.schedule.min_lr_ratio", "-3"),
     ([*PRETRAIN_EVALUATE, "stages.pretrain.model.init_args.optim.min_lr_ratio=-3"],
      "stages.pretrain.model.init_args.optim.min_lr_ratio", "-3"),
+    ([*PRETRAIN_EVALUATE, "+stages.pretrain.model.init_args.optim.beta1=1.0"],
+     "stages.pretrain.model.init_args.optim.beta1", "v<1.0"),
     ([*PRETRAIN_EVALUATE, "model.num_key_value_heads=3"], "model.num_key_value_heads",
      "divide num_attention_heads (4)"),
     ([*PRETRAIN_EVALUATE, "model.hidden_size=72", "model.num_attention_heads=8", "model.num_key_value_heads=8"],
