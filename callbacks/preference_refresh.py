@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from jsonargparse.typing import ClosedUnitInterval, PositiveInt
 
 from lightning_align.algorithms.generation_strategies import AGGREGATION_TEMPLATE, check_template, self_aggregate
 from lightning_align.algorithms.mutual_taught import e_step_pair, e_step_pairs, select_checkpoint, win_rate
@@ -33,8 +34,8 @@ class PreferenceRefresh(L.Callback):
     training stops (the paper returns (π_{t-1}, r_{t-1})). Must precede `RewardRefresh` in the callback list.
     """
 
-    def __init__(self, num_samples: int = 4, sampling: SamplingConfig = SamplingConfig(), tau: float = 0.6,
-                 checkpoints: int = 2, seed: int = 0, self_aggregation: bool = False,
+    def __init__(self, num_samples: int = 4, sampling: SamplingConfig = SamplingConfig(), tau: ClosedUnitInterval = 0.6,
+                 checkpoints: PositiveInt = 2, seed: int = 0, self_aggregation: bool = False,
                  aggregation_template: str = AGGREGATION_TEMPLATE) -> None:
         if num_samples < 2:
             raise ConfigError("num_samples", "needs at least 2 samples per prompt to form a pair")

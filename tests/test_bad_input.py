@@ -18,6 +18,7 @@ from tests.conftest import PRETRAIN_EVALUATE, TINY_OVERRIDES
 
 MUTUAL_TAUGHT = "stages.mutual_taught.model.init_args"
 WIDTH_PRUNING = "stages.prune.trainer.callbacks.0.init_args"
+ROUND_CALLBACKS = "stages.mutual_taught.trainer.callbacks"
 
 
 def _plan(tmp_path: Path, *overrides: str, conf: Path = PACKAGE_CONF) -> MultiStageTrainer:
@@ -45,6 +46,12 @@ def _error_line(capsys: pytest.CaptureFixture) -> str:
     (["pipeline=align", f"{MUTUAL_TAUGHT}.beta=inf"], f"{MUTUAL_TAUGHT}.beta", "finite"),
     (["pipeline=align", f"+{MUTUAL_TAUGHT}.reward_quantization=8bit"], f"{MUTUAL_TAUGHT}.reward_quantization",
      "refitted every round"),
+    (["pipeline=align", f"{ROUND_CALLBACKS}.0.init_args.checkpoints=0"], f"{ROUND_CALLBACKS}.0.init_args.checkpoints",
+     "PositiveInt"),
+    (["pipeline=align", f"{ROUND_CALLBACKS}.0.init_args.tau=1.5"], f"{ROUND_CALLBACKS}.0.init_args.tau",
+     "ClosedUnitInterval"),
+    (["pipeline=align", f"{ROUND_CALLBACKS}.1.init_args.fit.epochs=0"], f"{ROUND_CALLBACKS}.1.init_args.fit.epochs",
+     "PositiveInt"),
     ([*PRETRAIN_EVALUATE, "stages.pretrain.trainer.max_steps=-5"], "stages.pretrain.trainer.max_steps", "-5"),
     ([*PRETRAIN_EVALUATE, "trainer.log_every_n_steps=0"], "stages.pretrain.trainer.log_every_n_steps", "PositiveInt"),
     ([*PRETRAIN_EVALUATE, "+stages.pretrain.trainer.accumulate_grad_batches=0"],

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
+from jsonargparse.typing import PositiveFloat, PositiveInt
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -25,9 +26,9 @@ class RewardFitConfig:
     """M-step RM training from r_0 (paper: 1 epoch). A low rate keeps r_t near r_0's calibration: the new pairs
     are few and labelled by the loop itself, and at 1e-3 a tiny RM forgot its held-out pairs within two rounds."""
 
-    epochs: int = 1
-    lr: float = 2e-4
-    batch_size: int = 16
+    epochs: PositiveInt = 1
+    lr: PositiveFloat = 2e-4
+    batch_size: PositiveInt = 16
     margin: Optional[float] = None
     seed: int = 0
 
