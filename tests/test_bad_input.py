@@ -115,6 +115,20 @@ def test_a_typo_in_a_users_data_group_file_is_refused(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("content, problem", [
+    (b"corpus: emb\xffedded\n", "mine.yaml:1: is not UTF-8 text: byte 0xff at byte offset 11"),
+    (b"seed: 0\ncorpus: [unclosed\n", "mine.yaml:3: is not valid YAML: expected ',' or ']'"),
+])
+def test_a_users_yaml_that_does_not_read_names_file_and_line(tmp_path, capsys, content, problem):
+    conf = tmp_path / "conf"
+    shutil.copytree(PACKAGE_CONF, conf)
+    (conf / "data" / "mine.yaml").write_bytes(content)
+    assert main(["run", "--config-path", str(conf), "data=mine", f"run.dir={tmp_path / 'runs'}"]) == 2
+    assert _error_line(capsys).startswith(f"error: {conf / 'data' / problem}")
+    assert main(["fit", "--config", str(conf / "data" / "mine.yaml")]) == 2
+    assert problem.split(":")[0] in _error_line(capsys)
+
+
 def test_a_corrupt_state_file_is_named_with_the_fix_before_anything_is_written(tmp_path, capsys):
     trainer = _plan(tmp_path, *PRETRAIN_EVALUATE)
     state = trainer.run_dir / "state.json"

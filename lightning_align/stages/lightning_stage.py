@@ -12,6 +12,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_align.config import RunSection, keys_under, parser_error_to_config_error
+from lightning_align.data.text_file import read_utf8
 from lightning_align.errors import ConfigError
 from lightning_align.stages.context import StageContext
 from lightning_align.stages.trainer_args import (
@@ -189,6 +190,8 @@ def validate(ctx: StageContext) -> dict[str, float]:
 def run_lightning_cli(argv: list[str]) -> None:
     """`lightning-align fit|validate ...`: Lightning's CLI, with config errors as `ConfigError`."""
     config_file = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")), None)
+    if config_file is not None and Path(config_file).is_file():
+        read_utf8(Path(config_file))  # the YAML reader would raise a bare UnicodeDecodeError
     try:
         StageCLI(args=argv, run=True)
     except Exception as err:
