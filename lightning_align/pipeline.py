@@ -18,13 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from lightning_align.config import PipelineSection, RunSection, interpolated_keys, validate_dataclass
-from lightning_align.errors import ConfigError, DataError
+from lightning_align.errors import ConfigError
 from lightning_align.eval.divergence import divergence_warnings
 from lightning_align.eval.report import write_run_report
 from lightning_align.models.blocks import check_model_type
 from lightning_align.models.checkpoint import read_model_type
 from lightning_align.models.loading import model_dir_problem
 from lightning_align.models.spec import ModelSpec
+from lightning_align.run_state import read_state
 from lightning_align.stages import ACTIONS, StageContext
 from lightning_align.stages.input_models import check_input_models
 from lightning_align.stages.lightning_stage import init_arg_names, reshaping_callbacks
@@ -167,16 +168,7 @@ class MultiStageTrainer:
     def state(self) -> dict[str, Any]:
         """Which stages are done; a file that is not what `run` writes is refused rather than guessed at."""
         path = self.run_dir / "state.json"
-        if not path.is_file():
-            return {"done": {}}
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:  # malformed JSON or bytes that are not UTF-8
-            state = None
-        if not isinstance(state, dict) or not isinstance(state.get("done"), dict):
-            raise DataError(path, "is corrupt (not the JSON record of finished stages this run writes); delete it "
-                            "to run every stage again")
-        return state
+        return read_state(path) if path.is_file() else {"done": {}}
 
     def run(self) -> dict[str, dict[str, float]]:
         """Run every stage not yet done with the same config; returns each stage's metrics (the warnings of

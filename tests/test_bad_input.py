@@ -90,6 +90,8 @@ def test_a_dpo_beta_above_one_is_a_valid_objective(tmp_path):
     (lambda path: path.write_text("weights"), "is a file, not a model directory"),
     (lambda path: (path.mkdir(), (path / "model.safetensors").write_text("")), "no config.json"),
     (lambda path: (path.mkdir(), (path / "config.json").write_text("{}")), "has no tokenizer"),
+    (lambda path: (path.mkdir(), (path / "config.json").write_text("{\"model_type\": ")),
+     "has a config.json that is not valid JSON"),
 ])
 def test_a_run_model_path_that_is_not_a_model_dir_names_model_path(tmp_path, make, problem):
     model = tmp_path / "model"
@@ -141,6 +143,8 @@ def test_a_corrupt_state_file_is_named_with_the_fix_before_anything_is_written(t
     assert main(["run", f"run.dir={tmp_path / 'runs'}", *PRETRAIN_EVALUATE]) == 2
     assert _error_line(capsys).startswith(f"error: {state}: is corrupt")
     assert [path.name for path in state.parent.iterdir()] == ["state.json"]
+    assert main(["report", str(state.parent)]) == 2
+    assert _error_line(capsys).startswith(f"error: {state}: is corrupt")
 
 
 def _unwritable(tmp_path: Path) -> Path:

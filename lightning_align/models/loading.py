@@ -1,6 +1,7 @@
 """Turn a `ModelSpec` into a model and tokenizer: load a local directory or build the tiny default."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +28,10 @@ def model_dir_problem(path: Path, tokenizer: bool = True) -> str | None:
         return "is an empty directory (no config.json)"
     if not (path / "config.json").is_file():
         return "is not a Hugging Face model directory (no config.json)"
+    try:
+        json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except ValueError:  # malformed JSON or bytes that are not UTF-8
+        return "has a config.json that is not valid JSON"
     if tokenizer and not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         return "has no tokenizer (tokenizer.json or tokenizer_config.json)"
     return None
