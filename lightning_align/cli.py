@@ -174,10 +174,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _machine_problem(err: Exception) -> tuple[str, int] | None:
     """One line and an exit code for what the machine refused rather than what the project got wrong: a path the
-    user may not write (2, like other bad input) or a full disk (1). Libraries that write files in native code
-    (safetensors, torch) report a full disk in their message only."""
-    if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{err.filename}: {err.strerror} (give a run.dir or output directory you can write)", 2
+    user may not write, or one with a file where a directory must be (2, like other bad input), or a full disk (1).
+    Libraries that write files in native code (safetensors, torch) report a full disk in their message only."""
+    if isinstance(err, OSError):
+        refused = err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR)
+        if refused or (err.errno == errno.EEXIST and os.path.isfile(err.filename or "")):  # a file where a dir goes
+            return f"{err.filename}: {err.strerror} (give a run.dir or output directory you can write)", 2
     full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
     if full or os.strerror(errno.ENOSPC) in str(err):
         where = f" while writing {err.filename}" if getattr(err, "filename", None) else ""

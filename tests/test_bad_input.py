@@ -166,6 +166,14 @@ def test_an_unwritable_run_dir_is_one_line_naming_the_path(tmp_path, capsys):
     assert str(runs.parent) in line and "give a run.dir or output directory you can write" in line
 
 
+def test_a_run_dir_under_a_file_is_one_line_naming_the_path(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert main(["run", f"run.dir={tmp_path / 'afile'}", *PRETRAIN_EVALUATE]) == 2
+    assert _error_line(capsys).startswith(f"error: {tmp_path / 'afile' / 'default'}: Not a directory")
+    assert main(["run", f"run.dir={tmp_path}", "run.name=afile", *PRETRAIN_EVALUATE]) == 2
+    assert _error_line(capsys).startswith(f"error: {tmp_path / 'afile'}: File exists")
+
+
 def test_a_full_disk_is_one_line(tiny_lm_dir, capsys):
     """/dev/full fails every write with ENOSPC, as a full disk does."""
     args = ["generate", "--model", str(tiny_lm_dir), "--prompt", "the", "--max-new-tokens", "2"]
