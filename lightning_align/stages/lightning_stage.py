@@ -57,6 +57,7 @@ class StageCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         steps_from_schedule(config.trainer, build_callbacks(config.trainer.callbacks))
+        check_trainer(config.trainer)
 
     def after_fit(self) -> None:
         out = self.config[self.subcommand].export_dir or Path(self.trainer.log_dir or ".") / "model"
@@ -67,12 +68,11 @@ class StageCLI(LightningCLI):
 
 
 class _ParseOnlyCLI(StageCLI):
-    """Type-checks a stage config (unknown keys, types, ranges) and builds what is cheap: the callbacks (in
-    `before_instantiate_classes`) and a Trainer without loggers; the module's arguments go to its `check_arguments`
-    when it has one, since building the module would load its model."""
+    """Type-checks a stage config (unknown keys, types, ranges) and builds what is cheap: the callbacks and a Trainer
+    without loggers (in `before_instantiate_classes`); the module's arguments go to its `check_arguments` when it has
+    one, since building the module would load its model."""
 
     def instantiate_classes(self) -> None:
-        check_trainer(self.config.trainer)
         module = _import(self.config.model.class_path)
         if hasattr(module, "check_arguments"):
             module.check_arguments(**self.config.model.init_args.as_dict())

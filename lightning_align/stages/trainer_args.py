@@ -61,7 +61,8 @@ def check_trainer(trainer: Namespace) -> None:
     plain = {k: v for k, v in values.items()
              if k not in ("callbacks", "logger") and not isinstance(v, (dict, list, Namespace))}
     try:
-        L.Trainer(**plain, logger=False, callbacks=[])
+        with quiet_lightning():
+            L.Trainer(**plain, logger=False, callbacks=[])
     except (MisconfigurationException, ValueError) as err:
         named = [word for word in re.findall(r"\w+", str(err)) if word in plain]
         raise ConfigError(f"trainer.{named[0]}" if named else "trainer", str(err).strip().splitlines()[0]) from None
