@@ -21,13 +21,13 @@ WIDTH_PRUNING = "stages.prune.trainer.callbacks.0.init_args"
 ROUND_CALLBACKS = "stages.mutual_taught.trainer.callbacks"
 
 
-def _plan(tmp_path: Path, *overrides: str, conf: Path = PACKAGE_CONF) -> MultiStageTrainer:
-    return MultiStageTrainer(compose(conf, "config", [f"run.dir={tmp_path / 'runs'}", *overrides]))
+def _plan(tmp_path: Path, *overrides: str) -> MultiStageTrainer:
+    return MultiStageTrainer(compose(PACKAGE_CONF, "config", [f"run.dir={tmp_path / 'runs'}", *overrides]))
 
 
-def _refused(tmp_path: Path, *overrides: str, conf: Path = PACKAGE_CONF) -> ConfigError:
+def _refused(tmp_path: Path, *overrides: str) -> ConfigError:
     with pytest.raises(ConfigError) as err:
-        _plan(tmp_path, *overrides, conf=conf)
+        _plan(tmp_path, *overrides)
     assert not (tmp_path / "runs").exists(), "planning may not write anything"
     return err.value
 
@@ -69,6 +69,7 @@ def _error_line(capsys: pytest.CaptureFixture) -> str:
     (["pipeline=enlarge_prune", "+pipeline.schedule.warmup_stpes=3"], "pipeline.schedule.warmup_stpes",
      "unknown key"),
     ([*PRETRAIN_EVALUATE, "+pipeline.order=[pretrain]"], "pipeline.order", "unknown key"),
+    ([*PRETRAIN_EVALUATE, "+run.nmae=x"], "run.nmae", "unknown key"),
     (["pipeline=align", f"{MUTUAL_TAUGHT}.reward_model=/nonexistent/rm"], f"{MUTUAL_TAUGHT}.reward_model",
      "does not exist"),
 ])
