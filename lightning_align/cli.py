@@ -6,12 +6,15 @@
   prune     BlockPruner (or a whole-layer baseline) on a local model directory, with a report
   generate  answer prompts with a model directory: one sample, best-of-n by a reward model, or GSA
 
-User errors (config, data) print one line on stderr and exit with code 2.
+User errors (config, data, a path that cannot be written) print one line on stderr and exit with code 2; a full
+disk prints one line and exits with 1. A traceback means a bug in lightning_align.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -165,7 +168,28 @@ def main(argv: list[str] | None = None) -> int:
     except (LightningAlignError, FileNotFoundError) as err:  # user errors and a stage that went non-finite
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        problem = _machine_problem(err)
+        if problem is None:
+            raise
+        print(f"error: {problem[0]}", file=sys.stderr)
+        return problem[1]
     return 0
+
+
+def _machine_problem(err: Exception) -> tuple[str, int] | None:
+    """One line and an exit code for what the machine refused rather than what the project got wrong: a path the
+    user may not write, or one with a file where a directory must be (2, like other bad input), or a full disk (1).
+    Libraries that write files in native code (safetensors, torch) report a full disk in their message only."""
+    if isinstance(err, OSError):
+        refused = err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR)
+        if refused or (err.errno == errno.EEXIST and os.path.isfile(err.filename or "")):  # a file where a dir goes
+            return f"{err.filename}: {err.strerror} (give a run.dir or output directory you can write)", 2
+    full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if full or os.strerror(errno.ENOSPC) in str(err):
+        where = f" while writing {err.filename}" if getattr(err, "filename", None) else ""
+        return f"no space left on device{where}: free disk space and run the same command again", 1
+    return None
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from jsonargparse import ArgumentParser
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt
 
+from lightning_align.algorithms.schedule import RunSchedule
 from lightning_align.errors import ConfigError
 
 _GROUP_OPTION = re.compile(r"Group '([^']+)' does not accept (?:nested )?(?:key|option) '([^']+)'")
@@ -65,6 +67,33 @@ def parser_error_to_config_error(err: Exception, prefix: str = "", file: str | N
 
 
 @dataclass(frozen=True)
+class ScheduleSection:
+    """`pipeline.schedule`: the run-wide LR curve. The stages' `SharedSchedule` callbacks read it by interpolation
+    (and check it again as `RunSchedule`); typed here so a misspelt key is refused where it is written."""
+
+    budgets: dict[str, int]
+    warmup_steps: NonNegativeInt
+    min_lr_ratio: ClosedUnitInterval = 0.1
+    per_stage: bool = False
+
+    def __post_init__(self) -> None:
+        RunSchedule(dict(self.budgets), self.warmup_steps, self.min_lr_ratio)
+
+
+@dataclass(frozen=True)
+class PipelineSection:
+    """`pipeline:`: which stages run, in order (`<stage name>: <action>`), and the optional shared LR schedule
+    (checked on its own: as an optional dataclass field its errors would be named like a class's `init_args`)."""
+
+    stages: dict[str, str]
+    schedule: Optional[dict[str, Any]] = None
+
+    def __post_init__(self) -> None:
+        if self.schedule is not None:
+            validate_dataclass(ScheduleSection, self.schedule, "schedule")
+
+
+@dataclass(frozen=True)
 class RunSection:
     """Where a pipeline run lives (`<dir>/<name>/`) and the seed every stage starts from."""
 
@@ -92,6 +121,28 @@ def validate_dataclass(cls: type, values: dict[str, Any], key: str) -> Any:
         return parser.instantiate_classes(parsed)[key]
     except ConfigError as err:  # a dataclass's own consistency check names its field
         raise ConfigError(f"{key}.{err.key}", err.problem, err.file) from None
+
+
+def interpolated_keys(raw: dict[str, Any], section: str) -> set[str]:
+    """Keys of top-level `section` that interpolations (`${data.corpus}`) elsewhere in an unresolved config read:
+    in the other top-level sections and in the stages that `pipeline.stages` runs."""
+    order = (raw.get("pipeline") or {}).get("stages")
+    declared = raw.get("stages") or {}
+    scanned = [value for key, value in raw.items() if key not in (section, "stages")]
+    scanned += [declared.get(name) for name in (order if isinstance(order, dict) else {})]
+    pattern = re.compile(r"\$\{[^{}]*?\b" + re.escape(section) + r"\.(\w+)")
+    return {key for text in _strings(scanned) for key in pattern.findall(text)}
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
 @contextmanager

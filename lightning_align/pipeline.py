@@ -18,17 +18,20 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from lightning_align.config import RunSection, validate_dataclass
+from lightning_align.config import PipelineSection, RunSection, interpolated_keys, validate_dataclass
 from lightning_align.errors import ConfigError, Interrupted, NonFiniteError
 from lightning_align.eval.divergence import divergence_warnings
 from lightning_align.eval.report import write_run_report
 from lightning_align.interrupt import sigint_raises_interrupted
 from lightning_align.models.blocks import check_model_type
 from lightning_align.models.checkpoint import read_model_type
+from lightning_align.models.loading import model_dir_problem
 from lightning_align.models.spec import ModelSpec
 from lightning_align.run_lock import remove_stale_temps, run_lock
+from lightning_align.run_state import read_state
 from lightning_align.stage_identity import InputHashes, stage_identity
 from lightning_align.stages import ACTIONS, StageContext
+from lightning_align.stages.input_models import check_input_models
 from lightning_align.stages.lightning_stage import init_arg_names, reshaping_callbacks
 from lightning_align.stages.loggers import LoggerSection, check_installed, stage_loggers
 from lightning_align.strict_json import finite_or_null, write_atomic
@@ -68,6 +71,8 @@ class MultiStageTrainer:
                                            if isinstance(cfg, DictConfig) else copy.deepcopy(cfg))
         except MissingMandatoryValue as err:
             raise ConfigError(str(err.full_key), "required but missing (give it as an override, e.g. key=value)") from None
+        self.data_references = interpolated_keys(
+            OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg, "data")
         unknown = set(self.config) - TOP_LEVEL_KEYS
         if unknown:
             raise ConfigError(sorted(unknown)[0], f"unknown top-level key (expected {sorted(TOP_LEVEL_KEYS)})")
@@ -76,15 +81,20 @@ class MultiStageTrainer:
         self.logger_section: LoggerSection = validate_dataclass(LoggerSection, self.config.get("logger", {}), "logger")
         check_installed(self.logger_section)
         self.stages = self.plan()
+        self.state()  # a corrupt state file is refused here, before `run` writes anything
 
     def plan(self) -> list[StageContext]:
         """The effective config of every stage, validated; raises `ConfigError` before any work."""
-        validate_dataclass(ModelSpec, self.config.get("model", {}), "model")
-        order = (self.config.get("pipeline") or {}).get("stages") or {}
-        if not isinstance(order, dict) or not order:
+        run_model = validate_dataclass(ModelSpec, self.config.get("model", {}), "model")
+        problem = model_dir_problem(Path(run_model.path)) if run_model.path is not None else None
+        if problem is not None:
+            raise ConfigError("model.path", f"'{run_model.path}' {problem}")
+        validate_dataclass(PipelineSection, self.config.get("pipeline") or {}, "pipeline")
+        order = self.config["pipeline"]["stages"]
+        if not order:
             raise ConfigError("pipeline.stages", "must map at least one stage name to an action")
         declared = self.config.get("stages") or {}
-        contexts, previous = [], None
+        contexts, previous, written = [], None, []
         for name, action in order.items():
             if action not in ACTIONS:
                 raise ConfigError(f"pipeline.stages.{name}", f"unknown action '{action}' (one of {sorted(ACTIONS)})")
@@ -96,10 +106,23 @@ class MultiStageTrainer:
                 validate_dataclass(ModelSpec, start, f"stages.{name}.model.init_args.model")
                 check_lora_shape(start, config, name)
             self._check_family(config, name)
+            check_input_models(config, f"stages.{name}", written)
             ACTIONS[action].check(config, f"stages.{name}")
             contexts.append(StageContext(name, config, previous, self.run_dir / name, self.run_dir))
-            previous = self.run_dir / name if ACTIONS[action].writes_model else previous
+            if ACTIONS[action].writes_model:
+                previous = self.run_dir / name
+                written.append(previous)
+        self._check_data_keys(contexts)
         return contexts
+
+    def _check_data_keys(self, contexts: list[StageContext]) -> None:
+        """A run-level `data:` key must reach a stage: taken by one of their datamodules or interpolated into a
+        stage config (`${data.seed}`); anything else (a typo, a key of a stage that is not in the run) is refused."""
+        accepted = set().union(*(init_arg_names(ctx.config.get("data")) for ctx in contexts))
+        for key in self.config.get("data") or {}:
+            if key not in accepted and key not in self.data_references:
+                raise ConfigError(f"data.{key}", f"no stage of this pipeline reads it (their datamodules take "
+                                  f"{', '.join(sorted(accepted)) or 'nothing'}, and no stage interpolates it)")
 
     def _check_family(self, config: dict[str, Any], name: str) -> None:
         """A stage whose callbacks cut blocks or neurons needs a family with a block view: refuse others from the
@@ -141,8 +164,9 @@ class MultiStageTrainer:
         return config
 
     def state(self) -> dict[str, Any]:
+        """Which stages are done; a file that is not what `run` writes is refused rather than guessed at."""
         path = self.run_dir / "state.json"
-        return json.loads(path.read_text()) if path.is_file() else {"done": {}}
+        return read_state(path) if path.is_file() else {"done": {}}
 
     def run(self) -> dict[str, dict[str, float]]:
         """Run every stage whose identity (config and inputs, `stage_identity`) is not the one recorded as done;

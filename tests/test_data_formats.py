@@ -11,6 +11,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from lightning_align.data.corpus import CORPUS_SUFFIXES, load_texts
+from lightning_align.data.gold_task import preference_records
 from lightning_align.data.lm_datamodule import LMDataModule
 from lightning_align.data.loaders import check_source
 from lightning_align.data.preference import PreferenceDataModule
@@ -58,9 +59,9 @@ FORMATS = {
     "standard preference": (
         read_pairs,
         [{"prompt": "The sky is", "chosen": " blue.", "rejected": " green.", "score": 1},
-         {"prompt": "2+2=", "chosen": "4", "rejected": "", "score": 2}],
+         {"prompt": "2+2=", "chosen": "4", "rejected": "5", "score": 2}],
         [{"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
-         {"prompt": "2+2=", "chosen": "4", "rejected": ""}],
+         {"prompt": "2+2=", "chosen": "4", "rejected": "5"}],
         TEXT_TYPES),
     "conversational preference": (
         read_pairs,
@@ -196,6 +197,24 @@ BAD_ROWS = {
          "rejected": [user("q"), assistant("b"), user("r"), assistant("c")]},
         "'chosen' must hold exactly one assistant message, got [assistant, user, assistant] "
         "(conversational implicit-prompt preference format)", NESTED_TYPES),
+    "preference with an empty response": (
+        read_pairs, {"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b", "rejected": " "},
+        "'rejected' response is empty: a pair needs two responses to compare (standard preference format)",
+        [".jsonl", ".csv"]),
+    "preference with the same response twice": (
+        read_pairs, {"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b", "rejected": "b"},
+        "'chosen' and 'rejected' are the same response: the pair states no preference (standard preference format)",
+        [".jsonl"]),
+    "conversational preference with the same answer twice": (
+        read_pairs, {"prompt": [user("q")], "chosen": [assistant("a")], "rejected": [assistant("b")]},
+        {"prompt": [user("q")], "chosen": [assistant("a")], "rejected": [assistant("a")]},
+        "'chosen' and 'rejected' are the same response: the pair states no preference "
+        "(conversational preference format)", [".jsonl"]),
+    "implicit texts where one only extends the other": (
+        read_pairs, {"chosen": "The sky is blue", "rejected": "The sky is red"},
+        {"chosen": "The sky is blue.", "rejected": "The sky is blue. Yes."},
+        "'chosen' response is empty: a pair needs two responses to compare "
+        "(standard implicit-prompt preference format)", [".jsonl"]),
     "text missing": (
         read_sft, {"text": "a"}, {"text": None},
         "'text' is missing (standard language modeling format)", NESTED_TYPES),
@@ -318,3 +337,27 @@ def test_sft_datamodule_reads_plain_text_as_prompt_free_records(tmp_path):
     assert len(data.val_records) == 1
     assert sorted(r["response"] for r in records) == [f"document {i}" for i in range(4)]
     assert all(r["prompt"] == "" for r in records)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gold_pairs_never_need_refusing(seed):
+    """The built-in task skips pairs closer than its gold-reward gap, so it cannot make a pair the file reader would
+    refuse (same response twice, or an empty one): the check is for users' files only."""
+    records = preference_records(512, seed)
+    assert len(records) == 512
+    assert all(r["chosen"] != r["rejected"] and r["chosen"].strip() and r["rejected"].strip() for r in records)
+
+
+def test_text_that_is_not_utf8_names_file_line_and_byte(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    good = json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}).encode()
+    path.write_bytes(good + b"\n" + good[:10] + b"\xff" + good[10:] + b"\n")
+    offset = len(good) + 1 + 10
+    with pytest.raises(DataError) as err:
+        read_pairs(path)
+    assert str(err.value) == (f"{path}:2: is not UTF-8 text: byte 0xff at byte offset {offset} "
+                              "(save the file as UTF-8)")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes("first paragraph\n\nsecond ".encode() + "é".encode("latin-1") + b"\n")
+    with pytest.raises(DataError, match=r"corpus\.txt:3: is not UTF-8 text: byte 0xe9 at byte offset 24"):
+        load_texts(str(corpus))

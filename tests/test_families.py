@@ -117,6 +117,7 @@ def test_pipeline_refuses_width_pruning_of_an_unsupported_family_at_planning(tmp
     model_dir = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16)).save_pretrained(model_dir)
     (model_dir / "model.safetensors").unlink()  # planning must not need the weights
+    (model_dir / "tokenizer_config.json").write_text("{}")  # ... and checks that a tokenizer is there by name only
     assert main(["run", f"run.dir={tmp_path}", "pipeline=pretrained_prune_width", f"model.path={model_dir}"]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("error: config key 'stages.prune.trainer.callbacks.0'")

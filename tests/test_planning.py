@@ -51,8 +51,7 @@ def test_a_shared_schedule_stage_trains_for_its_budget(tmp_path):
 
 
 @pytest.mark.parametrize("override, key, also", [
-    ("pipeline.schedule.budgets.enlarge=0", "stages.enlarge.trainer.callbacks.0.init_args.budgets.enlarge",
-     "positive integer"),
+    ("pipeline.schedule.budgets.enlarge=0", "pipeline.schedule.budgets.enlarge", "positive integer"),
     ("stages.prune.trainer.callbacks.0.init_args.end_step=0", "stages.prune.trainer.callbacks.0.init_args.end_step",
      "start_step < end_step"),
     ("stages.recover.trainer.callbacks.0.init_args.stage=sft", "stages.recover.trainer.callbacks.0.init_args.stage",

@@ -5,6 +5,7 @@ import random
 from pathlib import Path
 
 from lightning_align.data.records import SUFFIXES, read_texts
+from lightning_align.data.text_file import read_utf8
 from lightning_align.errors import DataError
 
 EMBEDDED = "embedded"
@@ -31,7 +32,7 @@ def load_texts(source: str) -> list[str]:
         return read_texts(path)
     if not path.is_file():
         raise DataError(path, "corpus file not found")
-    texts = [chunk.strip() for chunk in path.read_text(encoding="utf-8").split("\n\n") if chunk.strip()]
+    texts = [chunk.strip() for chunk in read_utf8(path).split("\n\n") if chunk.strip()]
     if not texts:
         raise DataError(path, "corpus is empty")
     return texts

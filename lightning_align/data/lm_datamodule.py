@@ -1,6 +1,8 @@
 """Packed next-token data for causal-LM stages, tokenized with the stage model's own tokenizer."""
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
 from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
@@ -9,6 +11,7 @@ from torch.utils.data import DataLoader
 from lightning_align.data.corpus import CORPUS_SUFFIXES, EMBEDDED, load_texts, split_texts
 from lightning_align.data.loaders import check_source, seeded_loader
 from lightning_align.data.packing import pack_blocks
+from lightning_align.errors import ConfigError
 
 
 class LMDataModule(L.LightningDataModule):
@@ -32,9 +35,23 @@ class LMDataModule(L.LightningDataModule):
             return
         tokenizer = self.trainer.lightning_module.tokenizer
         train, val = split_texts(load_texts(self.corpus), self.val_fraction, self.seed)
-        encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
-        self.train_blocks = pack_blocks(encode(train), self.block_size, tokenizer.eos_token_id)
-        self.val_blocks = pack_blocks(encode(val), self.block_size, tokenizer.eos_token_id)
+        self.train_blocks, self.val_blocks = (self._blocks(tokenizer, texts, split)
+                                              for texts, split in ((train, "train"), (val, "validation")))
+        if stage == "fit" and len(self.train_blocks) < self.batch_size:
+            raise ConfigError("data.init_args.batch_size", f"the train split of corpus '{self.corpus}' packs "
+                              f"{len(self.train_blocks)} blocks of {self.block_size} tokens, fewer than one batch of "
+                              f"{self.batch_size} (a partial batch is dropped); lower batch_size or block_size")
+
+    def _blocks(self, tokenizer: Any, texts: list[str], split: str) -> torch.Tensor:
+        """Packed blocks of one split; a split that fills no block is refused naming the sizes, since training or
+        validating on nothing would pass silently."""
+        try:
+            return pack_blocks(tokenizer(texts, add_special_tokens=False)["input_ids"], self.block_size,
+                               tokenizer.eos_token_id)
+        except ValueError as err:
+            raise ConfigError("data.init_args.block_size", f"the {split} split of corpus '{self.corpus}' is too "
+                              f"small: {err} (val_fraction={self.val_fraction}); lower block_size or give a bigger "
+                              "corpus") from None
 
     def train_dataloader(self) -> DataLoader:
         return seeded_loader(self.train_blocks, self.batch_size, True, self.seed, drop_last=True,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from lightning_align.data.text_file import read_utf8
 from lightning_align.errors import DataError
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -140,12 +141,28 @@ def _conversation_prompt(row: Row) -> dict[str, Any]:
     return {"prompt": messages[:last_user + 1]}
 
 
+def _compared(convert: Callable[[Row], dict[str, Any]]) -> Callable[[Row], dict[str, Any]]:
+    """`convert`, refusing a pair that trains on nothing: an empty response, or the same response twice (DPO's and
+    Bradley-Terry's gradients are zero on it, so it would dilute every batch silently)."""
+    def checked(row: Row) -> dict[str, Any]:
+        record = convert(row)
+        for side in ("chosen", "rejected"):
+            if not record[side].strip():
+                raise RowError(f"'{side}' response is empty: a pair needs two responses to compare")
+        if record["chosen"] == record["rejected"]:
+            raise RowError("'chosen' and 'rejected' are the same response: the pair states no preference")
+        return record
+    return checked
+
+
 PAIR_FORMATS = (
     Format("preference", ("prompt", "chosen", "rejected"),
-           lambda r: {"prompt": _text(r, "prompt"), "chosen": _text(r, "chosen"), "rejected": _text(r, "rejected")},
-           lambda r: {"prompt": _messages(r, "prompt"), "chosen": _reply(_messages(r, "chosen"), "chosen"),
-                      "rejected": _reply(_messages(r, "rejected"), "rejected")}),
-    Format("implicit-prompt preference", ("chosen", "rejected"), _implicit_text, _implicit_conversation),
+           _compared(lambda r: {"prompt": _text(r, "prompt"), "chosen": _text(r, "chosen"),
+                                "rejected": _text(r, "rejected")}),
+           _compared(lambda r: {"prompt": _messages(r, "prompt"), "chosen": _reply(_messages(r, "chosen"), "chosen"),
+                                "rejected": _reply(_messages(r, "rejected"), "rejected")})),
+    Format("implicit-prompt preference", ("chosen", "rejected"), _compared(_implicit_text),
+           _compared(_implicit_conversation)),
 )
 SFT_FORMATS = (
     Format("prompt-completion", ("prompt", "completion"),
@@ -241,7 +258,7 @@ def _load_rows(path: Path) -> list[Row]:
     problem = source_problem(path)
     if problem is not None:
         raise DataError(path, problem)
-    if path.is_file() and path.suffix.lower() != ".parquet" and not _has_content(path):
+    if path.is_file() and path.suffix.lower() != ".parquet" and not read_utf8(path).strip():
         raise DataError(path, "no records")
     import datasets  # imported on first read: it adds a second to every start of the CLI
 
@@ -282,11 +299,6 @@ def _load_table(path: Path, datasets: Any) -> Any:
             return datasets.Dataset.from_csv(str(path), features=_csv_text_columns(path, datasets),
                                              keep_default_na=False, **kwargs)
         return datasets.Dataset.from_json(str(path), **kwargs)
-
-
-def _has_content(path: Path) -> bool:
-    with path.open("rb") as handle:
-        return any(chunk.strip() for chunk in iter(lambda: handle.read(1 << 16), b""))
 
 
 def _csv_text_columns(path: Path, datasets: Any) -> Any:

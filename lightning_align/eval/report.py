@@ -3,13 +3,14 @@ the CSV it keeps for every Lightning stage whatever loggers the user chose (`sta
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from lightning_align.run_state import read_state  # noqa: E402
 
 
 def _fmt(value: float) -> str:
@@ -90,7 +91,7 @@ def write_run_report(run_dir: str | Path, stages: list[str] | None = None) -> Pa
     state_path = run_dir / "state.json"
     if not state_path.is_file():
         raise FileNotFoundError(f"{run_dir} has no state.json: not a lightning_align run directory")
-    done = json.loads(state_path.read_text())["done"]
+    done = read_state(state_path)["done"]
     stages = [s for s in (stages or list(done)) if s in done]
     lines = [f"# Run report: {run_dir.name}", "", "| stage | action | metric | value |", "|---|---|---|---|"]
     for name in stages:

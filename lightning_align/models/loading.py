@@ -1,6 +1,7 @@
 """Turn a `ModelSpec` into a model and tokenizer: load a local directory or build the tiny default."""
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -17,10 +18,31 @@ from lightning_align.models.tokenizer import embedded_tokenizer
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def model_dir_problem(path: Path, tokenizer: bool = True) -> str | None:
+    """Why `path` cannot be loaded as a model directory (with its tokenizer when `tokenizer`), from file names alone
+    so planning can ask; None when it can."""
+    if not path.exists():
+        return "does not exist"
+    if not path.is_dir():
+        return "is a file, not a model directory"
+    if not any(path.iterdir()):
+        return "is an empty directory (no config.json)"
+    if not (path / "config.json").is_file():
+        return "is not a Hugging Face model directory (no config.json)"
+    try:
+        json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except ValueError:  # malformed JSON or bytes that are not UTF-8
+        return "has a config.json that is not valid JSON"
+    if tokenizer and not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        return "has no tokenizer (tokenizer.json or tokenizer_config.json)"
+    return None
+
+
 def _model_dir(spec: ModelSpec) -> Path:
     path = Path(spec.path)  # type: ignore[arg-type]
-    if not (path / "config.json").is_file():
-        raise ConfigError("model.path", f"'{path}' is not a Hugging Face model directory (no config.json)")
+    problem = model_dir_problem(path, tokenizer=False)
+    if problem is not None:
+        raise ConfigError("model.path", f"'{path}' {problem}")
     return path
 
 

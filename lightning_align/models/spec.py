@@ -80,9 +80,22 @@ class ModelSpec:
             raise ConfigError(given[0], f"sizes build a new model, but 'path' loads one that keeps its own sizes "
                               f"(enlarging or reshaping a pretrained model is not supported); drop "
                               f"{', '.join(given)} or use model=pretrained / pipeline=pretrained_*")
+        if self.path is None:
+            self._check_heads(self.built_sizes())
         if self.quantization is not None and self.lora is None:
             raise ConfigError("quantization", f"a {self.quantization} model cannot be fully trained (only its "
                               "embeddings would learn); add lora (QLoRA) or drop quantization")
+
+    @staticmethod
+    def _check_heads(sizes: dict[str, Any]) -> None:
+        """Shapes LLaMA attention needs: whole heads of hidden_size (else the projections silently drop the rest),
+        query heads in equal groups per key/value head (grouped-query attention), an even head size (rotary)."""
+        heads, kv_heads, hidden = sizes["num_attention_heads"], sizes["num_key_value_heads"], sizes["hidden_size"]
+        if heads % kv_heads:
+            raise ConfigError("num_key_value_heads", f"must divide num_attention_heads ({heads}), got {kv_heads}")
+        if hidden % heads or (hidden // heads) % 2:
+            raise ConfigError("num_attention_heads", f"must split hidden_size ({hidden}) into heads of an even size, "
+                              f"got {heads} heads")
 
     def built_sizes(self) -> dict[str, Any]:
         """Every size of the model to build: the spec's own, and the tiny default's where it sets none."""

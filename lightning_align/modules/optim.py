@@ -5,9 +5,14 @@ from dataclasses import dataclass
 from typing import Iterable, Literal
 
 import torch
-from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat
+from jsonargparse.typing import (
+    ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat, restricted_number_type,
+)
 
 from lightning_align.algorithms.schedule import warmup_cosine
+
+# Adam's moment decay: 1 would never update a moment and divide its bias correction by zero (torch refuses it late).
+MomentDecay = restricted_number_type("MomentDecay", float, [(">=", 0.0), ("<", 1.0)], join="and")
 
 
 @dataclass(frozen=True)
@@ -20,8 +25,8 @@ class OptimConfig:
     name: Literal["adamw", "adamw8bit"] = "adamw"
     lr: PositiveFloat = 3e-3
     weight_decay: NonNegativeFloat = 0.1
-    beta1: ClosedUnitInterval = 0.9
-    beta2: ClosedUnitInterval = 0.95
+    beta1: MomentDecay = 0.9
+    beta2: MomentDecay = 0.95
     warmup_steps: NonNegativeInt = 20
     min_lr_ratio: ClosedUnitInterval = 0.1
 

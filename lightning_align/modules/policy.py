@@ -1,6 +1,7 @@
 """Policy training by DPO against a frozen reference: the `dpo` stage and the E-step of the `mutual_taught` stage."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -51,10 +52,7 @@ class PolicyModule(L.LightningModule):
         self.save_hyperparameters()
         # Plain values only: Lightning resumes a checkpoint with `torch.load(weights_only=True)`, which refuses classes.
         self.hparams.update({k: asdict(v) for k, v in self.hparams.items() if is_dataclass(v)})
-        if reward_quantization is not None and reward_refresh:
-            raise ConfigError("model.init_args.reward_quantization", "the reward model is refitted every round "
-                              "(reward_refresh: true), which a quantized model cannot be; set reward_refresh: false "
-                              "or drop reward_quantization")
+        self.check_arguments(beta=beta, reward_refresh=reward_refresh, reward_quantization=reward_quantization)
         self.spec, self.optim, self.beta, self.ipo, self.max_length = model, optim, beta, ipo, max_length
         self.annotate_batch_size, self.reward_model_path, self.reward_refresh, self.reward_quantization = \
             annotate_batch_size, reward_model, reward_refresh, reward_quantization
@@ -70,6 +68,22 @@ class PolicyModule(L.LightningModule):
         if self._trainer is None:
             return []
         return merge_rounds([cb.round_rows() for cb in self._trainer.callbacks if isinstance(cb, RoundRows)])
+
+    @staticmethod
+    def check_arguments(beta: float, reward_refresh: bool, reward_quantization: Optional[str], **_: Any) -> None:
+        """What the argument types cannot say, checked at planning too (the pipeline calls this with the parsed
+        `init_args` before any model is loaded).
+
+        `beta` is the inverse temperature of the KL-regularised objective (DPO, Rafailov et al. 2023, Eq. 3; IPO's τ):
+        every finite positive value defines one, larger staying closer to the reference (the DPO paper's own
+        reward/KL sweeps go above 1), so only a non-finite value is refused here; `PositiveFloat` refuses <= 0.
+        """
+        if not math.isfinite(beta):
+            raise ConfigError("model.init_args.beta", f"must be a finite positive number, got {beta}")
+        if reward_quantization is not None and reward_refresh:
+            raise ConfigError("model.init_args.reward_quantization", "the reward model is refitted every round "
+                              "(reward_refresh: true), which a quantized model cannot be; set reward_refresh: false "
+                              "or drop reward_quantization")
 
     def load_base_reward_model(self) -> torch.nn.Module:
         """A fresh copy of r_0, frozen: the E-step scores with it and the M-step restarts from it (§4.2)."""

@@ -30,7 +30,7 @@ from lightning_align.data.preference import GOLD, Prompt
 from lightning_align.data.records import read_prompts
 from lightning_align.errors import ConfigError
 from lightning_align.models.checkpoint import atomic_dir
-from lightning_align.models.loading import load_model, load_tokenizer
+from lightning_align.models.loading import load_model, load_tokenizer, model_dir_problem
 from lightning_align.models.reward_model import load_reward_model
 from lightning_align.models.spec import ModelSpec
 from lightning_align.stages.context import StageContext
@@ -85,12 +85,9 @@ def check_model_dirs(model_dir: Path, reward_dir: Path | None) -> None:
     """From config files alone: a causal LM with a tokenizer, and a reward model (a scalar head, not a bare LM
     whose fresh zero head would score everything 0 and make best-of-n pick the first sample)."""
     for key, path in (("model", model_dir), ("reward_model", reward_dir)):
-        if path is None:
-            continue
-        if not (path / "config.json").is_file():
-            raise ConfigError(key, f"'{path}' is not a Hugging Face model directory (no config.json)")
-        if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
-            raise ConfigError(key, f"'{path}' has no tokenizer")
+        problem = model_dir_problem(path) if path is not None else None
+        if problem is not None:
+            raise ConfigError(key, f"'{path}' {problem}")
     if reward_dir is not None:
         architectures = json.loads((reward_dir / "config.json").read_text()).get("architectures") or [""]
         if not architectures[0].endswith("ForSequenceClassification"):

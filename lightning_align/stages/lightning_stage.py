@@ -13,9 +13,12 @@ from lightning.pytorch.cli import LightningCLI
 
 from lightning_align.callbacks.stop_on_non_finite import StopOnNonFinite
 from lightning_align.config import RunSection, keys_under, parser_error_to_config_error
+from lightning_align.data.text_file import read_utf8
 from lightning_align.errors import ConfigError
 from lightning_align.stages.context import StageContext
-from lightning_align.stages.trainer_args import build_callbacks, check_callbacks, steps_from_schedule
+from lightning_align.stages.trainer_args import (
+    build_callbacks, check_callbacks, check_trainer, quiet_lightning, steps_from_schedule,
+)
 
 
 class StageCLI(LightningCLI):
@@ -63,6 +66,7 @@ class StageCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         steps_from_schedule(config.trainer, build_callbacks(config.trainer.callbacks))
+        check_trainer(config.trainer)
 
     def after_fit(self) -> None:
         out = self.config[self.subcommand].export_dir or Path(self.trainer.log_dir or ".") / "model"
@@ -73,20 +77,25 @@ class StageCLI(LightningCLI):
 
 
 class _ParseOnlyCLI(StageCLI):
-    """Type-checks a stage config (unknown keys, types, ranges) and its callbacks' arguments; builds nothing else."""
+    """Type-checks a stage config (unknown keys, types, ranges) and builds what is cheap: the callbacks and a Trainer
+    without loggers (in `before_instantiate_classes`); the module's arguments go to its `check_arguments` when it has
+    one, since building the module would load its model."""
 
     def instantiate_classes(self) -> None:
-        return None
+        module = _import(self.config.model.class_path)
+        if hasattr(module, "check_arguments"):
+            module.check_arguments(**self.config.model.init_args.as_dict())
 
 
 def check_stage_config(config: dict[str, Any], where: str, file: str | None = None) -> None:
-    """Raise `ConfigError` naming `<where>.<key>` if the stage config does not parse.
+    """Raise `ConfigError` naming `<where>.<key>` if the stage config does not parse or a cheap build refuses it.
 
     The datamodule is also constructed (cheap by convention: construction only checks arguments such as file
     paths), so a missing data file is reported before any stage runs.
     """
     try:
-        _ParseOnlyCLI(args=copy.deepcopy(config), run=False)  # the parser turns nested class_path dicts into Namespaces
+        with quiet_lightning():  # the parser turns nested class_path dicts into Namespaces
+            _ParseOnlyCLI(args=copy.deepcopy(config), run=False)
     except Exception as err:
         _raise_wrapped_config_error(err, f"{where}.", file)
         with keys_under(where):
@@ -160,16 +169,20 @@ def _export(cli: StageCLI, ctx: StageContext, metrics: dict[str, float]) -> None
 
 
 def fit(ctx: StageContext) -> dict[str, float]:
-    """Validate, train, validate again, export: the report shows the stage's held-out metrics before and after."""
+    """Validate, train, validate again, export: the report shows the stage's held-out metrics before and after.
+
+    What the datamodule or a callback refuses once data and model are there (a corpus smaller than one block) is
+    named under the stage, like the errors of planning."""
     cli = instantiate(ctx.config, f"stages.{ctx.name}")
     metrics: dict[str, float] = {}
-    if _has_val(cli):
-        before = _metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False))
-        metrics.update({f"{k}_start": v for k, v in before.items()})
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    metrics.update({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("train/")})
-    if _has_val(cli):
-        metrics.update(_metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)))
+    with keys_under(f"stages.{ctx.name}"):
+        if _has_val(cli):
+            before = _metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False))
+            metrics.update({f"{k}_start": v for k, v in before.items()})
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        metrics.update({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("train/")})
+        if _has_val(cli):
+            metrics.update(_metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)))
     _export(cli, ctx, metrics)
     return metrics
 
@@ -177,7 +190,8 @@ def fit(ctx: StageContext) -> dict[str, float]:
 def validate(ctx: StageContext) -> dict[str, float]:
     """Held-out metrics of the incoming model; the model is passed on unchanged."""
     cli = instantiate(ctx.config, f"stages.{ctx.name}")
-    metrics = _metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False))
+    with keys_under(f"stages.{ctx.name}"):
+        metrics = _metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False))
     _export(cli, ctx, metrics)
     return metrics
 
@@ -185,6 +199,8 @@ def validate(ctx: StageContext) -> dict[str, float]:
 def run_lightning_cli(argv: list[str]) -> None:
     """`lightning-align fit|validate ...`: Lightning's CLI, with config errors as `ConfigError`."""
     config_file = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")), None)
+    if config_file is not None and Path(config_file).is_file():
+        read_utf8(Path(config_file))  # the YAML reader would raise a bare UnicodeDecodeError
     try:
         StageCLI(args=argv, run=True)
     except Exception as err:

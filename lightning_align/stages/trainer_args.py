@@ -6,16 +6,66 @@ trains for its budget there, so the step count has one source instead of a budge
 """
 from __future__ import annotations
 
-from typing import Any
+import logging
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Any, Iterator, Optional
 
 import lightning as L
 from jsonargparse import ArgumentParser, Namespace
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt, restricted_number_type
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from lightning_align.callbacks.shared_schedule import SharedSchedule
-from lightning_align.config import condense_parser_error
+from lightning_align.config import condense_parser_error, validate_dataclass
 from lightning_align.errors import ConfigError
 
 UNSET_MAX_STEPS = -1  # Lightning's default: no step limit
+SanityValSteps = restricted_number_type("SanityValSteps", int, (">=", -1))  # -1: the whole validation set
+
+
+@dataclass(frozen=True)
+class TrainerRanges:
+    """Trainer arguments whose range Lightning checks only once training runs (or never), checked at planning."""
+
+    log_every_n_steps: Optional[PositiveInt] = None
+    accumulate_grad_batches: PositiveInt = 1
+    min_steps: Optional[NonNegativeInt] = None
+    min_epochs: Optional[NonNegativeInt] = None
+    check_val_every_n_epoch: Optional[PositiveInt] = None
+    gradient_clip_val: Optional[NonNegativeFloat] = None
+    num_sanity_val_steps: Optional[SanityValSteps] = None
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Planning builds Trainers and seeds stages only to check them: Lightning's info lines would repeat per stage."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def check_trainer(trainer: Namespace) -> None:
+    """Refuse a parsed `trainer:` section Lightning would refuse later: the ranges of `TrainerRanges`, then the
+    Trainer itself built without loggers and callbacks (cheap, writes nothing) so Lightning's own checks run."""
+    values = trainer.as_dict()
+    names = {f.name for f in fields(TrainerRanges)}
+    validate_dataclass(TrainerRanges, {k: v for k, v in values.items() if k in names and v is not None}, "trainer")
+    plain = {k: v for k, v in values.items()
+             if k not in ("callbacks", "logger") and not isinstance(v, (dict, list, Namespace))}
+    try:
+        with quiet_lightning():
+            L.Trainer(**plain, logger=False, callbacks=[])
+    except (MisconfigurationException, ValueError) as err:
+        named = [word for word in re.findall(r"\w+", str(err)) if word in plain]
+        raise ConfigError(f"trainer.{named[0]}" if named else "trainer", str(err).strip().splitlines()[0]) from None
 
 
 def _callback_parser() -> ArgumentParser:
