@@ -75,6 +75,7 @@ class ScheduleSection:
     warmup_steps: NonNegativeInt
     min_lr_ratio: ClosedUnitInterval = 0.1
     per_stage: bool = False
+    carry_optimizer_state: bool = False  # the stages on the curve hand their AdamW moments on (models/adam_moments.py)
 
     def __post_init__(self) -> None:
         RunSchedule(dict(self.budgets), self.warmup_steps, self.min_lr_ratio)

@@ -50,7 +50,7 @@ def _error_line(capsys: pytest.CaptureFixture) -> str:
      "PositiveInt"),
     (["pipeline=align", f"{ROUND_CALLBACKS}.0.init_args.tau=1.5"], f"{ROUND_CALLBACKS}.0.init_args.tau",
      "ClosedUnitInterval"),
-    (["pipeline=align", f"{ROUND_CALLBACKS}.1.init_args.fit.epochs=0"], f"{ROUND_CALLBACKS}.1.init_args.fit.epochs",
+    (["pipeline=align", f"{ROUND_CALLBACKS}.0.init_args.fit.epochs=0"], f"{ROUND_CALLBACKS}.0.init_args.fit.epochs",
      "PositiveInt"),
     ([*PRETRAIN_EVALUATE, "stages.pretrain.trainer.max_steps=-5"], "stages.pretrain.trainer.max_steps", "-5"),
     ([*PRETRAIN_EVALUATE, "trainer.log_every_n_steps=0"], "stages.pretrain.trainer.log_every_n_steps", "PositiveInt"),
