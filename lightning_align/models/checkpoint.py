@@ -33,6 +33,7 @@ from lightning_align.models.dense_export import zeroed_block_tensors
 from lightning_align.models.mlp_width import resize_mlp_widths, width_structure
 
 METADATA_FILE = "lightning_align.json"
+IFPRUNING_KEY = "ifpruning"
 MARKED_MODEL_TYPE = "{} with removed blocks or per-layer widths: load it with lightning_align.load_pretrained"
 
 
@@ -42,10 +43,12 @@ def save_model_dir(
     out_dir: str | Path,
     metadata: dict[str, Any] | None = None,
     files: dict[str, str] | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write to a temporary sibling, then rename: a crash never leaves a half-written directory behind.
 
-    `files` maps file names to text a stage hands on with its model (e.g. the reward model's held-out pairs).
+    `files` maps file names to text a stage hands on with its model (e.g. the reward model's held-out pairs);
+    `extra` writes whatever else belongs in the directory (e.g. an IFPruning predictor) into the temporary one.
     """
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
@@ -62,6 +65,8 @@ def save_model_dir(
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
+        if extra is not None:
+            extra(tmp)
     return out_dir
 
 
@@ -128,7 +133,21 @@ def apply_structure(model: PreTrainedModel, structure: dict[str, Any]) -> None:
 
 
 def load_pretrained(model_dir: str | Path, **kwargs: Any) -> PreTrainedModel:
-    """Load a model directory written by lightning_align (or any local Hugging Face causal LM), offline."""
+    """Load a model directory written by lightning_align (or any local Hugging Face causal LM), offline.
+
+    An Instruction-Following Pruning directory (metadata `"ifpruning"`) comes back as the LLM with its sparsity
+    predictor (`IFPruningLM`), so every caller generates with the per-prompt sub-network, never silently with the
+    dense full model. The method's own file knows how to rebuild it; it is imported only for such a directory.
+    """
+    if IFPRUNING_KEY in read_metadata(model_dir):
+        from lightning_align.algorithms.instruction_following_pruning import load_ifpruning
+
+        return load_ifpruning(model_dir, **kwargs)
+    return load_causal_lm(model_dir, **kwargs)
+
+
+def load_causal_lm(model_dir: str | Path, **kwargs: Any) -> PreTrainedModel:
+    """The causal LM of a model directory, its recorded structure replayed (the weights alone, no predictor)."""
     structure = read_metadata(model_dir).get("structure") or {}
     unknown = set(structure) - KNOWN_STRUCTURE
     if unknown:

@@ -1,0 +1,113 @@
+"""IFPruning's pieces on a tiny LLaMA: SoftTopK, the mask head, masking, gathering, export and per-prompt generation."""
+from __future__ import annotations
+
+import torch
+
+import lightning_align
+from lightning_align.algorithms.instruction_following_pruning import (
+    IFPruningLM, MaskHead, SparsityPredictor, ffn_masks, gather_mlps, hard_topk, neuron_prior, prompt_states,
+    soft_topk, swapped_mlps,
+)
+from lightning_align.models.checkpoint import read_metadata
+from lightning_align.models.mlp_width import mlp_widths
+
+K = 24  # of the tiny model's 64 FFN neurons
+
+
+def test_soft_topk_keeps_exactly_k_and_its_gradient_keeps_the_budget():
+    logits = torch.randn(3, 5, 64, requires_grad=True)
+    mask = soft_topk(logits, K, temperature=0.5)
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert (mask.sum(-1) == K).all()
+    assert torch.equal(mask.bool(), hard_topk(logits.detach(), K))
+    mask.sum().backward()  # the total is k whatever the logits: the relaxation's gradient of it must vanish
+    assert logits.grad.abs().max() < 1e-4
+    logits.grad = None
+    weights = torch.randn(64)
+    (soft_topk(logits, K) * weights).sum().backward()
+    assert logits.grad.abs().sum() > 0
+    assert logits.grad.sum(-1).abs().max() < 1e-4  # it moves mass between neurons, never the count
+
+
+def _predictor(model, hidden: int = 16, layers: int = 1) -> SparsityPredictor:
+    head = MaskHead(model.config.hidden_size, hidden, len(mlp_widths(model)), mlp_widths(model)[0])
+    return SparsityPredictor(head, layers)
+
+
+def test_gradients_reach_the_predictor_through_the_masked_llm(tiny_lm):
+    predictor = _predictor(tiny_lm)
+    ids = torch.randint(3, 300, (2, 12))
+    logits = predictor(tiny_lm, ids[:, :4], torch.ones(2, 4, dtype=torch.long))
+    with ffn_masks(tiny_lm, soft_topk(logits, K)):
+        loss = tiny_lm(input_ids=ids, labels=ids).loss
+    loss.backward()
+    for param in predictor.head.parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0
+    # the predictor reads the LLM's own first layer, which learns from both paths
+    assert tiny_lm.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_prompt_states_read_only_the_first_layers(tiny_lm):
+    ids = torch.randint(3, 300, (2, 6))
+    mask = torch.ones_like(ids)
+    before = prompt_states(tiny_lm, ids, mask, 1)
+    with torch.no_grad():
+        tiny_lm.model.layers[1].mlp.down_proj.weight.mul_(5.0)
+    assert torch.allclose(before, prompt_states(tiny_lm, ids, mask, 1))
+    assert len(tiny_lm.model.layers) == 2
+
+
+def test_gathered_ffns_equal_the_masked_full_model(tiny_lm):
+    torch.manual_seed(0)
+    mask = hard_topk(torch.randn(2, 64), K)
+    ids = torch.randint(3, 300, (1, 10))
+    with torch.no_grad(), ffn_masks(tiny_lm, mask[None].float()):
+        masked = tiny_lm(input_ids=ids).logits
+    gathered = gather_mlps(tiny_lm, mask)
+    assert [mlp.down_proj.in_features for mlp in gathered] == [K, K]
+    with torch.no_grad(), swapped_mlps(tiny_lm, gathered):
+        dense = tiny_lm(input_ids=ids).logits
+    assert torch.allclose(masked, dense, atol=1e-5)
+    assert mlp_widths(tiny_lm) == [64, 64]  # the full model is untouched
+
+
+def test_neuron_prior_ranks_a_heavier_neuron_first(tiny_lm):
+    with torch.no_grad():
+        tiny_lm.model.layers[1].mlp.up_proj.weight[7].mul_(50.0)
+    prior = neuron_prior(tiny_lm)
+    assert prior.shape == (2, 64) and prior[1].argmax() == 7
+
+
+def _ifpruning(tiny_lm) -> IFPruningLM:
+    torch.manual_seed(1)
+    return IFPruningLM(tiny_lm, _predictor(tiny_lm), K, prompt_tokens=4).eval()
+
+
+def test_generation_selects_once_per_prompt_and_matches_masked_decoding(tiny_lm):
+    model = _ifpruning(tiny_lm)
+    prompts = [torch.randint(3, 300, (5,)), torch.randint(3, 300, (3,))]
+    ids = torch.zeros(2, 5, dtype=torch.long)  # left padding, as sampling pads
+    attention = torch.zeros_like(ids)
+    for i, prompt in enumerate(prompts):
+        ids[i, 5 - len(prompt):], attention[i, 5 - len(prompt):] = prompt, 1
+    out = model.generate(input_ids=ids, attention_mask=attention, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert out.shape[0] == 2 and torch.equal(out[:, :5], ids)
+    for i, prompt in enumerate(prompts):
+        mask = model.select(prompt[None], torch.ones(1, len(prompt), dtype=torch.long))
+        with torch.no_grad(), ffn_masks(tiny_lm, mask.float()):
+            expected = tiny_lm.generate(input_ids=prompt[None], max_new_tokens=6, do_sample=False, pad_token_id=0)
+        new = expected[0, len(prompt):]
+        assert torch.equal(out[i, 5:5 + len(new)], new)
+
+
+def test_export_reloads_through_load_pretrained(tiny_lm, tokenizer, tmp_path):
+    model = _ifpruning(tiny_lm)
+    model.save(tmp_path / "ifp", tokenizer, {"stage": "ifprune"})
+    assert read_metadata(tmp_path / "ifp")["ifpruning"]["active_width"] == K
+    loaded = lightning_align.load_pretrained(tmp_path / "ifp")
+    assert isinstance(loaded, IFPruningLM) and loaded.active_width == K
+    ids = torch.randint(3, 300, (2, 9))
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, loaded(input_ids=ids).logits, atol=1e-5)
+    masks = loaded.select(ids[:, :4], torch.ones(2, 4, dtype=torch.long))
+    assert (masks.sum(-1) == K).all()
