@@ -102,7 +102,7 @@ def test_generation_selects_once_per_prompt_and_matches_masked_decoding(tiny_lm)
 
 def test_export_reloads_through_load_pretrained(tiny_lm, tokenizer, tmp_path):
     model = _ifpruning(tiny_lm)
-    model.save(tmp_path / "ifp", tokenizer, {"stage": "ifprune"})
+    model.save_with_predictor(tmp_path / "ifp", tokenizer, {"stage": "ifprune"})
     assert read_metadata(tmp_path / "ifp")["ifpruning"]["active_width"] == K
     loaded = lightning_align.load_pretrained(tmp_path / "ifp")
     assert isinstance(loaded, IFPruningLM) and loaded.active_width == K
@@ -111,3 +111,14 @@ def test_export_reloads_through_load_pretrained(tiny_lm, tokenizer, tmp_path):
         assert torch.allclose(model(input_ids=ids).logits, loaded(input_ids=ids).logits, atol=1e-5)
     masks = loaded.select(ids[:, :4], torch.ones(2, 4, dtype=torch.long))
     assert (masks.sum(-1) == K).all()
+
+
+def test_reversal_task_scores_and_splits():
+    from lightning_align.data.reversal_task import reversal_records, reversal_score
+
+    train, heldout = reversal_records(50, 0), reversal_records(20, 0, heldout=True)
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in heldout}
+    prompt = "reverse: alpha beta gamma ="
+    assert reversal_score(prompt, " gamma beta alpha") == 1.0
+    assert reversal_score(prompt, " gamma alpha beta") == 1 / 3
+    assert reversal_score(prompt, " gamma beta alpha alpha alpha alpha") == 0.5

@@ -242,8 +242,8 @@ class IFPruningLM(nn.Module):
             padded[i, :tokens.numel()] = tokens
         return torch.cat([input_ids, padded], dim=1)
 
-    def save(self, out_dir: str | Path, tokenizer: PreTrainedTokenizerBase | None,
-             metadata: dict[str, Any] | None = None) -> Path:
+    def save_with_predictor(self, out_dir: str | Path, tokenizer: PreTrainedTokenizerBase | None,
+                            metadata: dict[str, Any] | None = None, files: dict[str, str] | None = None) -> Path:
         """The LLM as a model directory (`save_model_dir`) with the predictor under `predictor/`, in one atomic
         write; `lightning_align.json` records the settings under `"ifpruning"`."""
         settings = {"active_width": self.active_width, "prompt_tokens": self.prompt_tokens,
@@ -258,7 +258,7 @@ class IFPruningLM(nn.Module):
             if self.predictor.backbone is not None:
                 self.predictor.backbone.save_pretrained(target / BACKBONE_DIR)
 
-        return save_model_dir(self.llm, tokenizer, out_dir, {**(metadata or {}), IFPRUNING_KEY: settings},
+        return save_model_dir(self.llm, tokenizer, out_dir, {**(metadata or {}), IFPRUNING_KEY: settings}, files,
                               extra=write_predictor)
 
 
