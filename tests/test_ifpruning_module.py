@@ -45,6 +45,7 @@ def test_joint_training_lowers_loss_and_exports_a_reloadable_model(tiny_lm_dir, 
     assert end["val/loss"] < start - 0.5
     assert 0.0 < end["val/mask_overlap"] <= 1.0
     assert not torch.equal(head_before, module.model.predictor.head.net[0].weight)
+    assert bool(module.prior_ready) and module.model.predictor.head.net[2].bias.std() > 0.5  # prior, then training
     module.export(tmp_path / "out", {"stage": "ifprune"})
     loaded = lightning_align.load_pretrained(tmp_path / "out")
     assert isinstance(loaded, IFPruningLM) and loaded.active_width == 24 and loaded.prompt_tokens == 6

@@ -71,11 +71,16 @@ def test_gathered_ffns_equal_the_masked_full_model(tiny_lm):
     assert mlp_widths(tiny_lm) == [64, 64]  # the full model is untouched
 
 
-def test_neuron_prior_ranks_a_heavier_neuron_first(tiny_lm):
+def test_neuron_prior_ranks_a_neuron_that_contributes_more_first(tiny_lm):
     with torch.no_grad():
         tiny_lm.model.layers[1].mlp.up_proj.weight[7].mul_(50.0)
-    prior = neuron_prior(tiny_lm)
-    assert prior.shape == (2, 64) and prior[1].argmax() == 7
+        tiny_lm.model.layers[0].mlp.down_proj.weight[:, 3].mul_(50.0)
+    ids = torch.randint(3, 300, (2, 8))
+    prior = neuron_prior(tiny_lm, [(ids, torch.ones_like(ids))])
+    assert prior.shape == (2, 64) and prior[1].argmax() == 7 and prior[0].argmax() == 3
+    padded = torch.cat([ids, torch.randint(3, 300, (2, 4))], 1)  # tokens under a zero mask do not count
+    mask = torch.cat([torch.ones_like(ids), torch.zeros(2, 4, dtype=torch.long)], 1)
+    assert torch.allclose(prior, neuron_prior(tiny_lm, [(padded, mask)]), atol=1e-4)
 
 
 def _ifpruning(tiny_lm) -> IFPruningLM:

@@ -15,16 +15,16 @@ The paper publishes the structure, not code. What is ours, and why:
   about unit scale) sets how many neurons near the threshold receive gradient.
 - The predictor's prompt representation is the mean of the last hidden states over the prompt tokens, read either
   from a separate small causal LM or from the LLM's own first layers (run dense, before any mask applies).
-- The mask head is a two-layer MLP (as in the paper) whose output bias starts from a per-neuron weight-norm prior, so
-  at step 0 every prompt gets the magnitude-pruning mask instead of a random one and training starts from a working
-  network.
+- The mask head is a two-layer MLP (as in the paper) whose output bias starts from a per-neuron activation prior
+  (`neuron_prior`), so at step 0 every prompt gets a good static mask instead of a random one and training starts
+  from a working network.
 """
 from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_align.models.blocks import RemovedMLP, decoder_layers
 from lightning_align.models.checkpoint import IFPRUNING_KEY, load_causal_lm, read_metadata, save_model_dir
-from lightning_align.models.mlp_width import input_projections, mlp_modules, mlp_widths, slice_mlp
+from lightning_align.models.mlp_width import mlp_modules, mlp_widths, slice_mlp
 
 PREDICTOR_DIR = "predictor"
 HEAD_FILE = "mask_head.pt"
@@ -76,18 +76,35 @@ def hard_topk(logits: Tensor, k: int) -> Tensor:
     return torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(k, dim=-1).indices, True)
 
 
-def neuron_prior(model: PreTrainedModel) -> Tensor:
-    """[L, W] per-neuron log weight norm (input rows times output column), standardised per layer.
-
-    The magnitude-pruning score; it initialises the mask head's bias so the first masks keep the heaviest neurons.
+@torch.no_grad()
+def neuron_prior(model: PreTrainedModel, batches: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
+    """[L, W] per-neuron log(mean |activation| over real tokens x norm of its `down_proj` column), standardised
+    per layer: the expected size of each neuron's contribution to the residual stream on `batches` of (input_ids,
+    attention_mask), a per-neuron form of Wanda's |W| x ||X|| (Sun et al., 2024). It initialises the mask head's
+    bias, so the first masks keep the neurons that matter most on the data. Weight norms alone are not enough: on
+    SmolLM2-135M, keeping the 90% of neurons with the largest weight norms raises the loss more than a random 50%.
     """
+    mlps = mlp_modules(model)
+    totals = [torch.zeros(mlp.down_proj.in_features) for mlp in mlps]
+    current: dict[str, Tensor] = {}
+
+    def hook_for(layer: int):
+        def hook(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            weights = current["mask"].to(args[0].dtype).unsqueeze(-1)
+            totals[layer] += (args[0].abs() * weights).sum((0, 1)).float().cpu()
+        return hook
+
+    hooks = [mlp.down_proj.register_forward_pre_hook(hook_for(i)) for i, mlp in enumerate(mlps)]
+    try:
+        for input_ids, attention_mask in batches:
+            current["mask"] = attention_mask
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    finally:
+        for handle in hooks:
+            handle.remove()
     rows = []
-    for mlp in mlp_modules(model):
-        width = mlp.down_proj.in_features
-        score = mlp.down_proj.weight.detach().float().norm(dim=0).log()
-        for name, halves in input_projections(mlp):
-            norms = getattr(mlp, name).weight.detach().float().norm(dim=1).view(halves, width)
-            score = score + norms.log().sum(0)
+    for total, mlp in zip(totals, mlps):
+        score = (total.clamp_min(1e-12) * mlp.down_proj.weight.detach().float().norm(dim=0).cpu()).log()
         rows.append((score - score.mean()) / score.std().clamp_min(1e-6))
     return torch.stack(rows)
 

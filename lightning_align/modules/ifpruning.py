@@ -8,6 +8,7 @@ turns back into a model that generates with the per-prompt sub-network.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -27,6 +28,7 @@ from lightning_align.models.spec import ModelSpec
 from lightning_align.modules.optim import OptimConfig, build_optimizer
 
 KEY = "model.init_args"
+PRIOR_BATCHES = 4  # training batches the neuron prior is measured on
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,7 @@ class IFPruningModule(L.LightningModule):
             raise ConfigError(f"{KEY}.predictor.num_layers", f"the predictor reads {reader.config.num_hidden_layers} "
                               f"layers at most, got {predictor.num_layers}")
         head = MaskHead(reader.config.hidden_size, predictor.hidden, len(mlp_widths(llm)), width)
-        with torch.no_grad():
-            head.net[2].bias.copy_(neuron_prior(llm).flatten())
+        self.register_buffer("prior_ready", torch.tensor(False))  # saved in checkpoints: a resume keeps its head
         self.model = IFPruningLM(llm.train(), SparsityPredictor(head, predictor.num_layers, backbone), k,
                                  prompt_tokens=0)
 
@@ -102,6 +103,17 @@ class IFPruningModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Plain text's prompt length is the datamodule's; the exported model uses it for language modelling."""
         self.model.prompt_tokens = int(getattr(self.trainer.datamodule, "prompt_tokens", 0))
+
+    def on_fit_start(self) -> None:
+        """Start the mask head's bias at the activation prior of the first training batches (once per model)."""
+        if bool(self.prior_ready):
+            return
+        batches = itertools.islice(self.trainer.datamodule.train_dataloader(), PRIOR_BATCHES)
+        prior = neuron_prior(self.model.llm, ((b["input_ids"].to(self.device), b["attention_mask"].to(self.device))
+                                              for b in batches))
+        with torch.no_grad():
+            self.model.predictor.head.net[2].bias.copy_(prior.flatten())
+        self.prior_ready.fill_(True)
 
     def _masks(self, batch: dict[str, torch.Tensor], hard: bool) -> torch.Tensor:
         length = int(batch["prompt_mask"].sum(1).max())
