@@ -83,3 +83,10 @@ def test_bad_mix_settings_name_their_key():
         InstructionTextMixDataModule(instruction_ratio=0.0)
     with pytest.raises(ConfigError, match="prompt_tokens"):
         InstructionTextMixDataModule(block_size=16, prompt_tokens=16)
+
+
+def test_validation_before_training_already_uses_the_prior(tiny_lm_dir):
+    module = IFPruningModule(ModelSpec(path=str(tiny_lm_dir)), PredictorConfig(hidden=8), active_width=24)
+    data = InstructionTextMixDataModule(num_records=32, max_length=24, block_size=24, prompt_tokens=6, batch_size=8)
+    _trainer(1).validate(module, datamodule=data, verbose=False)
+    assert bool(module.prior_ready) and module.model.predictor.head.net[2].bias.abs().sum() > 0

@@ -105,6 +105,12 @@ class IFPruningModule(L.LightningModule):
         self.model.prompt_tokens = int(getattr(self.trainer.datamodule, "prompt_tokens", 0))
 
     def on_fit_start(self) -> None:
+        self._start_at_prior()
+
+    def on_validation_start(self) -> None:
+        self._start_at_prior()  # validation before training measures the starting point training really has
+
+    def _start_at_prior(self) -> None:
         """Start the mask head's bias at the activation prior of the first training batches (once per model)."""
         if bool(self.prior_ready):
             return
