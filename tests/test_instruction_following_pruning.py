@@ -118,12 +118,13 @@ def test_export_reloads_through_load_pretrained(tiny_lm, tokenizer, tmp_path):
     assert (masks.sum(-1) == K).all()
 
 
-def test_reversal_task_scores_and_splits():
-    from lightning_align.data.reversal_task import reversal_records, reversal_score
+def test_copy_task_scores_and_splits():
+    from lightning_align.data.copy_task import copy_records, copy_score
 
-    train, heldout = reversal_records(50, 0), reversal_records(20, 0, heldout=True)
+    train, heldout = copy_records(50, 0), copy_records(20, 0, heldout=True)
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in heldout}
-    prompt = "reverse: alpha beta gamma ="
-    assert reversal_score(prompt, " gamma beta alpha") == 1.0
-    assert reversal_score(prompt, " gamma alpha beta") == 1 / 3
-    assert reversal_score(prompt, " gamma beta alpha alpha alpha alpha") == 0.5
+    assert all(r["prompt"] == f"repeat:{r['response']} =" for r in train)
+    prompt = "repeat: alpha beta gamma ="
+    assert copy_score(prompt, " alpha beta gamma") == 1.0
+    assert copy_score(prompt, " alpha gamma beta") == 1 / 3
+    assert copy_score(prompt, " alpha beta gamma gamma gamma gamma") == 0.5

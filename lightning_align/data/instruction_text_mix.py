@@ -25,7 +25,7 @@ from lightning_align.data.loaders import check_source, seeded_loader
 from lightning_align.data.packing import pack_blocks
 from lightning_align.data.preference import encode_pairs, pad_id, split_records
 from lightning_align.data.records import read_sft
-from lightning_align.data.reversal_task import reversal_records
+from lightning_align.data.copy_task import copy_records
 from lightning_align.errors import ConfigError
 
 BUILTIN = "builtin"
@@ -33,8 +33,8 @@ Example = tuple[list[int], int]  # token ids, prompt length
 
 
 def builtin_instructions(n: int, seed: int) -> list[dict[str, str]]:
-    """Half prose continuations (the gold task's SFT records), half word reversals: two skills, two prompt kinds."""
-    return sft_records(n - n // 2, seed) + reversal_records(n // 2, seed)
+    """Half prose continuations (the gold task's SFT records), half word copying: two skills, two prompt kinds."""
+    return sft_records(n - n // 2, seed) + copy_records(n // 2, seed)
 
 
 def encode_instructions(tokenizer: Any, records: list[dict[str, Any]], max_length: int) -> list[Example]:
@@ -66,7 +66,7 @@ def collate_examples(examples: list[Example], pad: int) -> dict[str, Tensor]:
 
 
 class InstructionTextMixDataModule(L.LightningDataModule):
-    """`instructions`: "builtin" (prose continuation + word reversal) or a data file in a TRL SFT format;
+    """`instructions`: "builtin" (prose continuation + word copying) or a data file in a TRL SFT format;
     `instruction_ratio`: the share of instruction examples in the mix (1.0: no plain text); plain text comes from
     `corpus` in blocks of `block_size` tokens whose first `prompt_tokens` tokens are the predictor's prompt."""
 

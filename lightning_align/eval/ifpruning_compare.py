@@ -1,7 +1,7 @@
 """IFPruning against its baselines at equal active FFN width: per-task scores, neuron-set overlap, decode latency.
 
 Two kinds of held-out prompts need different skills: the gold task's prose continuations (score: `gold_reward`)
-and word reversal (score: `reversal_score`). Every model answers greedily, so scores are a function of the weights.
+and word copying (score: `copy_score`). Every model answers greedily, so scores are a function of the weights.
 The overlap analysis follows the paper's: the Jaccard index of the neuron sets the predictor picks for two prompts,
 averaged over layers, within one task and across the two. Latency compares decoding with the gathered sub-network
 of one prompt against the dense model of the active width, token for token.
@@ -19,17 +19,17 @@ from lightning_align.algorithms.instruction_following_pruning import IFPruningLM
 from lightning_align.algorithms.sampling import SamplingConfig, sample_responses
 from lightning_align.data.gold_task import gold_reward, heldout_prompts
 from lightning_align.data.preference import encode_prompt
-from lightning_align.data.reversal_task import reversal_records, reversal_score
+from lightning_align.data.copy_task import copy_records, copy_score
 from lightning_align.eval.latency import generation_latency_ms_per_token
 
 Scorer = Callable[[str, str], float]
-TASKS: dict[str, Scorer] = {"prose": lambda prompt, response: gold_reward(response), "reversal": reversal_score}
+TASKS: dict[str, Scorer] = {"prose": lambda prompt, response: gold_reward(response), "copy": copy_score}
 
 
 def task_prompts(num_prompts: int, seed: int) -> dict[str, list[str]]:
     """Held-out prompts of both tasks: never seen in IFPruning's or the baselines' training."""
     return {"prose": heldout_prompts(num_prompts, seed),
-            "reversal": [r["prompt"] for r in reversal_records(num_prompts, seed, heldout=True)]}
+            "copy": [r["prompt"] for r in copy_records(num_prompts, seed, heldout=True)]}
 
 
 def task_scores(model: PreTrainedModel | IFPruningLM, tokenizer: PreTrainedTokenizerBase,
@@ -63,7 +63,7 @@ def mean_jaccard(a: torch.Tensor, b: torch.Tensor, same: bool) -> float:
 
 
 def overlaps(masks: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Jaccard within each task and across every pair of tasks (keys `prose~prose`, `prose~reversal`, ...)."""
+    """Jaccard within each task and across every pair of tasks (keys `prose~prose`, `prose~copy`, ...)."""
     names = list(masks)
     out = {f"{t}~{t}": mean_jaccard(masks[t], masks[t], same=True) for t in names}
     out.update({f"{a}~{b}": mean_jaccard(masks[a], masks[b], same=False) for a, b in itertools.combinations(names, 2)})
