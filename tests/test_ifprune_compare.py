@@ -68,3 +68,19 @@ def test_ifpruning_pipeline_trains_evaluates_and_generates_per_prompt(tmp_path):
     assert (run / "evaluate" / "predictor" / "mask_head.pt").is_file()  # a later stage keeps the predictor
     assert metrics["generate"]["generate/answers"] == 4.0
     assert (run / "generate" / "generations.jsonl").read_text().count("\n") == 4
+
+
+def test_response_nll_of_an_ifpruning_model_uses_the_prompts_masks(tiny_lm, tokenizer):
+    from lightning_align.algorithms.instruction_following_pruning import ffn_masks
+    from lightning_align.algorithms.sampling import sequence_logprobs
+    from lightning_align.data.preference import encode_pairs
+    from lightning_align.eval.ifpruning_compare import response_nll
+
+    model = IFPruningLM(tiny_lm, SparsityPredictor(MaskHead(32, 8, 2, 64), 1), 32, prompt_tokens=4).eval()
+    records = [{"prompt": "the quick brown", "response": " fox jumps"}]
+    ids, mask, response = encode_pairs(tokenizer, ["the quick brown"], [" fox jumps"], 32)
+    prompt_ids = ids[:, :int((~response).sum())]
+    with torch.no_grad(), ffn_masks(tiny_lm, model.select(prompt_ids, torch.ones_like(prompt_ids)).float()):
+        expected = -sequence_logprobs(tiny_lm, ids, mask, response).item() / int(response[:, 1:].sum())
+    assert response_nll(model, tokenizer, records, 32, 4) == pytest.approx(expected, rel=1e-5)
+    assert abs(response_nll(tiny_lm, tokenizer, records, 32, 4) - expected) > 1e-4  # the dense model differs

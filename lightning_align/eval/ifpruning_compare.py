@@ -1,7 +1,8 @@
 """IFPruning against its baselines at equal active FFN width: per-task scores, neuron-set overlap, decode latency.
 
 Two kinds of held-out prompts need different skills: the gold task's prose continuations (score: `gold_reward`)
-and word copying (score: `copy_score`). Every model answers greedily, so scores are a function of the weights.
+and word copying (score: `copy_score`). Every model answers greedily, so scores are a function of the weights;
+the likelihood of the reference answers (`response_nll`) is measured too, since it is graded where answers fail.
 The overlap analysis follows the paper's: the Jaccard index of the neuron sets the predictor picks for two prompts,
 averaged over layers, within one task and across the two. Latency compares decoding with the gathered sub-network
 of one prompt against the dense model of the active width, token for token.
@@ -15,10 +16,12 @@ from typing import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lightning_align.algorithms.instruction_following_pruning import IFPruningLM, gather_mlps, swapped_mlps
-from lightning_align.algorithms.sampling import SamplingConfig, sample_responses
-from lightning_align.data.gold_task import gold_reward, heldout_prompts
-from lightning_align.data.preference import encode_prompt
+from lightning_align.algorithms.instruction_following_pruning import (
+    IFPruningLM, ffn_masks, gather_mlps, swapped_mlps,
+)
+from lightning_align.algorithms.sampling import SamplingConfig, sample_responses, sequence_logprobs
+from lightning_align.data.gold_task import gold_reward, heldout_records
+from lightning_align.data.preference import encode_pairs, encode_prompt
 from lightning_align.data.copy_task import copy_records, copy_score
 from lightning_align.eval.latency import generation_latency_ms_per_token
 
@@ -26,10 +29,30 @@ Scorer = Callable[[str, str], float]
 TASKS: dict[str, Scorer] = {"prose": lambda prompt, response: gold_reward(response), "copy": copy_score}
 
 
-def task_prompts(num_prompts: int, seed: int) -> dict[str, list[str]]:
-    """Held-out prompts of both tasks: never seen in IFPruning's or the baselines' training."""
-    return {"prose": heldout_prompts(num_prompts, seed),
-            "copy": [r["prompt"] for r in copy_records(num_prompts, seed, heldout=True)]}
+def task_records(num_prompts: int, seed: int) -> dict[str, list[dict[str, str]]]:
+    """Held-out {"prompt","response"} records of both tasks: never seen in IFPruning's or the baselines' training."""
+    return {"prose": heldout_records(num_prompts, seed), "copy": copy_records(num_prompts, seed, heldout=True)}
+
+
+def response_nll(model: PreTrainedModel | IFPruningLM, tokenizer: PreTrainedTokenizerBase,
+                 records: list[dict[str, str]], max_length: int, batch_size: int) -> float:
+    """Mean NLL per reference-response token given the prompt: graded where greedy answers all score 0. An
+    IFPruning model's masks come from each prompt alone, as in generation."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        ids, mask, response = (t.to(device) for t in encode_pairs(
+            tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk], max_length))
+        if isinstance(model, IFPruningLM):
+            prompt = (mask.bool() & ~response).long()
+            width = int(prompt.sum(1).max())
+            with ffn_masks(model.llm, model.select(ids[:, :width], prompt[:, :width]).float()):
+                logps = sequence_logprobs(model.llm, ids, mask, response)
+        else:
+            logps = sequence_logprobs(model, ids, mask, response)
+        total, count = total - logps.sum().item(), count + int(response[:, 1:].sum())
+    return total / count
 
 
 def task_scores(model: PreTrainedModel | IFPruningLM, tokenizer: PreTrainedTokenizerBase,

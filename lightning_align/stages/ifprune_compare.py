@@ -18,7 +18,9 @@ from lightning_align.algorithms.instruction_following_pruning import IFPruningLM
 from lightning_align.algorithms.sampling import SamplingConfig
 from lightning_align.config import keys_under, validate_dataclass
 from lightning_align.errors import ConfigError
-from lightning_align.eval.ifpruning_compare import latency, overlaps, prompt_masks, task_prompts, task_scores
+from lightning_align.eval.ifpruning_compare import (
+    latency, overlaps, prompt_masks, response_nll, task_records, task_scores,
+)
 from lightning_align.models.checkpoint import atomic_dir
 from lightning_align.models.loading import load_model, load_tokenizer
 from lightning_align.models.mlp_width import mlp_widths
@@ -30,7 +32,7 @@ from lightning_align.stages.context import StageContext
 class CompareConfig:
     """`ifpruning`: an ifprune stage's output; `static`, `dense`: models whose FFNs have its active width;
     `full`: optional full-width reference. `num_prompts` held-out prompts per task, answered greedily with up to
-    `max_new_tokens` tokens; latency: `latency_new_tokens` decoded tokens, median of `latency_repeats`, on
+    `max_new_tokens` tokens, and the NLL of their reference answers (prompt + answer cut to `max_length`); latency: `latency_new_tokens` decoded tokens, median of `latency_repeats`, on
     `latency_threads` CPU threads."""
 
     ifpruning: str
@@ -39,6 +41,7 @@ class CompareConfig:
     full: Optional[str] = None
     num_prompts: PositiveInt = 64
     max_new_tokens: PositiveInt = 12
+    max_length: PositiveInt = 48
     batch_size: PositiveInt = 32
     latency_new_tokens: PositiveInt = 32
     latency_repeats: PositiveInt = 5
@@ -87,9 +90,14 @@ def compare(cfg: CompareConfig) -> Comparison:
             raise ConfigError(label, f"'{getattr(cfg, label)}' has FFN widths {sorted(widths)}, not the IFPruning "
                               f"model's active width {ifp.active_width}: the comparison must be at equal width")
     tokenizer = load_tokenizer(ModelSpec(path=cfg.ifpruning))
-    prompts = task_prompts(cfg.num_prompts, cfg.seed)
+    records = task_records(cfg.num_prompts, cfg.seed)
+    prompts = {task: [r["prompt"] for r in task_list] for task, task_list in records.items()}
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-    scores = {label: task_scores(model, tokenizer, prompts, sampling) for label, model in models.items()}
+    scores = {}
+    for label, model in models.items():
+        scores[label] = task_scores(model, tokenizer, prompts, sampling)
+        scores[label].update({f"{task} NLL": response_nll(model, tokenizer, task_list, cfg.max_length, cfg.batch_size)
+                              for task, task_list in records.items()})
     overlap = overlaps({task: prompt_masks(ifp, tokenizer, task_list) for task, task_list in prompts.items()})
     timing = latency(ifp, models["dense"], tokenizer, prompts["prose"][0], cfg.latency_new_tokens,
                      cfg.latency_repeats, cfg.latency_threads)
@@ -107,8 +115,9 @@ def report(cfg: CompareConfig, result: Comparison) -> str:
                      for label, values in scores.items())
     overlap_rows = "\n".join(f"| {pair} | {value:.3f} |" for pair, value in overlap.items())
     timing_rows = "\n".join(f"| {key} | {value:.3f} |" for key, value in timing.items())
-    return (f"Active FFN width k = {active_width} per layer; {cfg.num_prompts} held-out prompts per task, greedy, "
-            f"up to {cfg.max_new_tokens} new tokens.\n\n| model | " + " | ".join(tasks) + " |\n|---|"
+    return (f"Active FFN width k = {active_width} per layer; {cfg.num_prompts} held-out prompts per task: score of "
+            f"greedy answers (up to {cfg.max_new_tokens} new tokens; higher is better) and NLL per token of the "
+            f"reference answers (lower is better).\n\n| model | " + " | ".join(tasks) + " |\n|---|"
             + "---|" * len(tasks) + f"\n{rows}\n\nNeuron-set overlap of IFPruning's masks (Jaccard, mean over "
             f"layers and prompt pairs):\n\n| tasks | Jaccard |\n|---|---|\n{overlap_rows}\n\nDecoding latency "
             f"({cfg.latency_new_tokens} tokens, median of {cfg.latency_repeats}, {cfg.latency_threads} thread(s)):"
