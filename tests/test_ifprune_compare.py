@@ -76,6 +76,10 @@ def test_response_nll_of_an_ifpruning_model_uses_the_prompts_masks(tiny_lm, toke
     from lightning_align.data.preference import encode_pairs
     from lightning_align.eval.ifpruning_compare import response_nll
 
+    torch.manual_seed(0)
+    with torch.no_grad():  # FFNs that matter, so masking half of them visibly changes the likelihood
+        for layer in tiny_lm.model.layers:
+            layer.mlp.down_proj.weight.mul_(20.0)
     model = IFPruningLM(tiny_lm, SparsityPredictor(MaskHead(32, 8, 2, 64), 1), 32, prompt_tokens=4).eval()
     records = [{"prompt": "the quick brown", "response": " fox jumps"}]
     ids, mask, response = encode_pairs(tokenizer, ["the quick brown"], [" fox jumps"], 32)
@@ -83,4 +87,4 @@ def test_response_nll_of_an_ifpruning_model_uses_the_prompts_masks(tiny_lm, toke
     with torch.no_grad(), ffn_masks(tiny_lm, model.select(prompt_ids, torch.ones_like(prompt_ids)).float()):
         expected = -sequence_logprobs(tiny_lm, ids, mask, response).item() / int(response[:, 1:].sum())
     assert response_nll(model, tokenizer, records, 32, 4) == pytest.approx(expected, rel=1e-5)
-    assert abs(response_nll(tiny_lm, tokenizer, records, 32, 4) - expected) > 1e-4  # the dense model differs
+    assert abs(response_nll(tiny_lm, tokenizer, records, 32, 4) - expected) > 0.01  # the dense model differs
