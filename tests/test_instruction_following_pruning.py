@@ -1,6 +1,7 @@
 """IFPruning's pieces on a tiny LLaMA: SoftTopK, the mask head, masking, gathering, export and per-prompt generation."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 import lightning_align
@@ -128,3 +129,16 @@ def test_copy_task_scores_and_splits():
     assert copy_score(prompt, " alpha beta gamma") == 1.0
     assert copy_score(prompt, " alpha gamma beta") == 1 / 3
     assert copy_score(prompt, " alpha beta gamma gamma gamma gamma") == 0.5
+
+
+def test_prompts_selecting_the_same_neurons_share_one_gathered_copy(tiny_lm, monkeypatch):
+    from lightning_align.algorithms import instruction_following_pruning as ifp
+
+    calls = []
+    monkeypatch.setattr(ifp, "gather_mlps", lambda model, mask: calls.append(mask) or gather_mlps(model, mask))
+    model = _ifpruning(tiny_lm)
+    prompt = torch.randint(3, 300, (1, 5))
+    out = model.generate(input_ids=prompt.repeat(3, 1), max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert len(calls) == 1 and torch.equal(out[0], out[2])
+    with pytest.raises(ValueError, match="one sequence per prompt"):
+        model.generate(input_ids=prompt, max_new_tokens=2, num_return_sequences=2)

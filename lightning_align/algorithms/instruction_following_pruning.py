@@ -241,16 +241,24 @@ class IFPruningLM(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None, **kwargs: Any) -> Tensor:
         """One sub-network per prompt, then plain `generate` on it. Rows are decoded one at a time (each has its
-        own FFNs) and returned as one [B, T + new] tensor like a batched `generate`: the prompt as given (left
-        padding kept), new tokens right-padded with `pad_token_id`."""
+        own FFNs; prompts that select the same neurons share one gathered copy, as the paper caches per task) and
+        returned as one [B, T + new] tensor like a batched `generate`: the prompt as given (left padding kept), new
+        tokens right-padded with `pad_token_id` (else the model's pad or first EOS id)."""
+        if kwargs.get("num_return_sequences", 1) != 1:
+            raise ValueError("IFPruningLM.generate returns one sequence per prompt; repeat the prompt instead")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        pad = kwargs.get("pad_token_id", self.llm.generation_config.pad_token_id) or 0
+        pad = self._pad_id(kwargs.get("pad_token_id"))
+        gathered: dict[bytes, list[nn.Module]] = {}
         new_tokens = []
         for row, row_mask in zip(input_ids, attention_mask):
             prompt = row[row_mask.bool()][None]
             ones = torch.ones_like(prompt)
-            with swapped_mlps(self.llm, gather_mlps(self.llm, self.select(prompt, ones)[0])):
+            mask = self.select(prompt, ones)[0]
+            key = mask.cpu().numpy().tobytes()
+            if key not in gathered:
+                gathered[key] = gather_mlps(self.llm, mask)
+            with swapped_mlps(self.llm, gathered[key]):
                 out = self.llm.generate(input_ids=prompt, attention_mask=ones, **kwargs)
             new_tokens.append(out[0, prompt.shape[1]:])
         longest = max(t.numel() for t in new_tokens)
@@ -258,6 +266,14 @@ class IFPruningLM(nn.Module):
         for i, tokens in enumerate(new_tokens):
             padded[i, :tokens.numel()] = tokens
         return torch.cat([input_ids, padded], dim=1)
+
+    def _pad_id(self, given: Optional[int]) -> int:
+        config = self.llm.generation_config
+        eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
+        for candidate in (given, config.pad_token_id, eos):
+            if candidate is not None:
+                return int(candidate)
+        raise ValueError("no pad_token_id given and the model has neither a pad nor an EOS id to pad answers with")
 
     def save_with_predictor(self, out_dir: str | Path, tokenizer: PreTrainedTokenizerBase | None,
                             metadata: dict[str, Any] | None = None, files: dict[str, str] | None = None) -> Path:
