@@ -8,11 +8,12 @@ and columns of `down_proj` are gathered into a dense, smaller FFN once per promp
 model of the active width costs.
 
 The paper publishes the structure, not code. What is ours, and why:
-- `soft_topk`: the forward pass is an exact top-k (k ones per layer: the network that trains is the one that runs);
-  the backward pass is the gradient of the entropy-regularised top-k relaxation `sigmoid((z - tau) / temperature)`,
-  whose threshold `tau` is found by bisection so the soft mask sums to k (straight-through estimator). This is the
-  soft top-k of the conditional-computation line of work the paper builds on; `temperature` (default 1, on logits of
-  about unit scale) sets how many neurons near the threshold receive gradient.
+- `soft_topk`: the paper turns the predictor's logits into masks with a differentiable SoftTopK (§3) without
+  fixing its details here. Our forward pass is an exact top-k (k ones per layer: the network that trains is the one
+  that runs); the backward pass is the gradient of the entropy-regularised top-k, the solution of
+  max <z, m> + T * H(m) subject to sum(m) = k, 0 <= m <= 1 (H the binary entropy), which is
+  `sigmoid((z - tau) / T)` with the multiplier `tau` found by bisection (a straight-through estimator).
+  `temperature` T (default 1, on logits of about unit scale) sets how many neurons near the threshold get gradient.
 - The predictor's prompt representation is the mean of the last hidden states over the prompt tokens, read either
   from a separate small causal LM or from the LLM's own first layers (run dense, before any mask applies).
 - The mask head is a two-layer MLP (as in the paper) whose output bias starts from a per-neuron activation prior
@@ -67,8 +68,7 @@ def soft_topk(logits: Tensor, k: int, temperature: float = 1.0) -> Tensor:
     slope = (soft_at_tau * (1 - soft_at_tau)).detach()
     tau = tau + (slope * (z - z.detach())).sum(-1, keepdim=True) / slope.sum(-1, keepdim=True).clamp_min(1e-12)
     soft = torch.sigmoid((z - tau) / temperature)
-    hard = torch.zeros_like(z).scatter_(-1, z.detach().topk(k, dim=-1).indices, 1.0)
-    return (hard + (soft - soft.detach())).to(logits.dtype)
+    return (hard_topk(z.detach(), k).float() + (soft - soft.detach())).to(logits.dtype)
 
 
 def hard_topk(logits: Tensor, k: int) -> Tensor:
