@@ -90,3 +90,11 @@ def test_validation_before_training_already_uses_the_prior(tiny_lm_dir):
     data = InstructionTextMixDataModule(num_records=32, max_length=24, block_size=24, prompt_tokens=6, batch_size=8)
     _trainer(1).validate(module, datamodule=data, verbose=False)
     assert bool(module.prior_ready) and module.model.predictor.head.net[2].bias.abs().sum() > 0
+
+
+def test_a_datamodule_without_prompts_is_refused(tiny_lm_dir):
+    from lightning_align.data.lm_datamodule import LMDataModule
+
+    module = IFPruningModule(ModelSpec(path=str(tiny_lm_dir)), PredictorConfig(hidden=8), active_width=24)
+    with pytest.raises(ConfigError, match="data.class_path.*InstructionTextMixDataModule"):
+        _trainer(1).fit(module, datamodule=LMDataModule(block_size=16, batch_size=2))

@@ -21,6 +21,7 @@ from lightning_align.algorithms.instruction_following_pruning import (
     IFPruningLM, MaskHead, SparsityPredictor, ffn_masks, neuron_prior, soft_topk,
 )
 from lightning_align.algorithms.sampling import sequence_logprobs
+from lightning_align.data.instruction_text_mix import InstructionTextMixDataModule
 from lightning_align.errors import ConfigError
 from lightning_align.models.loading import load_dir, load_model, load_tokenizer
 from lightning_align.models.mlp_width import mlp_widths
@@ -102,7 +103,11 @@ class IFPruningModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Plain text's prompt length is the datamodule's; the exported model uses it for language modelling."""
-        self.model.prompt_tokens = int(getattr(self.trainer.datamodule, "prompt_tokens", 0))
+        datamodule = self.trainer.datamodule
+        if not isinstance(datamodule, InstructionTextMixDataModule):
+            raise ConfigError("data.class_path", f"IFPruning reads each example's prompt apart from its answer: use "
+                              f"InstructionTextMixDataModule, not {type(datamodule).__name__}")
+        self.model.prompt_tokens = datamodule.prompt_tokens
 
     def on_fit_start(self) -> None:
         self._start_at_prior()
