@@ -108,4 +108,9 @@ def task_prompts(n: int, seed: int) -> list[str]:
 def heldout_prompts(n: int, seed: int) -> list[str]:
     """Evaluation prompts taken from the end of the loop prompts: disjoint from the first prompts the Mutual-Taught
     rounds take (`task_prompts`) as long as both together fit in the role's 1,800-odd lines."""
-    return [p for p, _ in _role("prompts", seed)][::-1][:n]
+    return [r["prompt"] for r in heldout_records(n, seed)]
+
+
+def heldout_records(n: int, seed: int) -> list[dict[str, str]]:
+    """The held-out prompts with the documentation's own continuation of each line (to measure likelihood)."""
+    return [{"prompt": p, "response": r} for p, r in _role("prompts", seed)[::-1][:n]]

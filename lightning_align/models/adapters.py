@@ -61,7 +61,12 @@ def merged(model: PreTrainedModel, spec: ModelSpec, load_base: BaseLoader,
 def export_model_dir(model: PreTrainedModel, spec: ModelSpec, load_base: BaseLoader,
                      tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, metadata: dict[str, Any] | None = None,
                      files: dict[str, str | bytes] | None = None) -> Path:
-    """`save_model_dir` of the merged model; with `lora.keep_adapters` the adapter (PEFT format) goes to `adapter/`."""
+    """`save_model_dir` of the merged model; with `lora.keep_adapters` the adapter (PEFT format) goes to `adapter/`.
+
+    An IFPruning model (the LLM with its sparsity predictor) is saved with its predictor, whatever stage loaded it.
+    """
+    if hasattr(model, "save_with_predictor"):
+        return model.save_with_predictor(out_dir, tokenizer, metadata, files)
     out = save_model_dir(merged(model, spec, load_base, tokenizer), tokenizer, out_dir, metadata, files)
     if spec.lora is not None and spec.lora.keep_adapters:
         model.save_pretrained(out / ADAPTER_DIR)

@@ -34,6 +34,7 @@ from lightning_align.models.dense_export import zeroed_block_tensors
 from lightning_align.models.mlp_width import resize_mlp_widths, width_structure
 
 METADATA_FILE = "lightning_align.json"
+IFPRUNING_KEY = "ifpruning"
 MARKED_MODEL_TYPE = "{} with removed blocks or per-layer widths: load it with lightning_align.load_pretrained"
 
 
@@ -43,11 +44,13 @@ def save_model_dir(
     out_dir: str | Path,
     metadata: dict[str, Any] | None = None,
     files: dict[str, str | bytes] | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write to a temporary sibling, then rename: a crash never leaves a half-written directory behind.
 
     `files` maps file names to what a stage hands on with its model: text (the reward model's held-out pairs) or
-    bytes (the AdamW moments of `models.adam_moments`).
+    bytes (the AdamW moments of `models.adam_moments`); `extra` writes whatever else belongs in the directory (e.g.
+    an IFPruning predictor) into the temporary one.
     """
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
@@ -64,6 +67,8 @@ def save_model_dir(
         (tmp / METADATA_FILE).write_text(strict_json.dumps(metadata, indent=2, sort_keys=True))
         for name, content in (files or {}).items():
             (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+        if extra is not None:
+            extra(tmp)
     return out_dir
 
 
@@ -132,7 +137,21 @@ def apply_structure(model: PreTrainedModel, structure: dict[str, Any]) -> None:
 def load_pretrained(model_dir: str | Path, trust_remote_code: bool = False, **kwargs: Any) -> PreTrainedModel:
     """Load a model directory written by lightning_align (or any local Hugging Face causal LM), offline. The
     directory's own Python code runs only with `trust_remote_code`; weights never go through pickle (safetensors,
-    or transformers' `weights_only` loading of `.bin` files)."""
+    or transformers' `weights_only` loading of `.bin` files).
+
+    An Instruction-Following Pruning directory (metadata `"ifpruning"`) comes back as the LLM with its sparsity
+    predictor (`IFPruningLM`), so every caller generates with the per-prompt sub-network, never silently with the
+    dense full model. The method's own file knows how to rebuild it; it is imported only for such a directory.
+    """
+    if IFPRUNING_KEY in read_metadata(model_dir):
+        from lightning_align.algorithms.instruction_following_pruning import load_ifpruning
+
+        return load_ifpruning(model_dir, trust_remote_code=trust_remote_code, **kwargs)
+    return load_causal_lm(model_dir, trust_remote_code=trust_remote_code, **kwargs)
+
+
+def load_causal_lm(model_dir: str | Path, trust_remote_code: bool = False, **kwargs: Any) -> PreTrainedModel:
+    """The causal LM of a model directory, its recorded structure replayed (the weights alone, no predictor)."""
     structure = read_metadata(model_dir).get("structure") or {}
     unknown = set(structure) - KNOWN_STRUCTURE
     if unknown:

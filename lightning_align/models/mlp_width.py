@@ -60,6 +60,19 @@ def _sliced_linear(linear: nn.Linear, index: torch.Tensor, dim: int,
     return sliced
 
 
+def slice_mlp(mlp: nn.Module, index: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer] = ()) -> nn.Module:
+    """Keep intermediate neurons `index` of one gated MLP, in place (sorted, so the kept neurons keep their order);
+    the AdamW moments of `optimizers` are sliced with the weights."""
+    index = torch.as_tensor(index, dtype=torch.long).sort().values
+    width = mlp.down_proj.in_features
+    for name, halves in input_projections(mlp):
+        rows = torch.cat([index + half * width for half in range(halves)])
+        setattr(mlp, name, _sliced_linear(getattr(mlp, name), rows, 0, optimizers))
+    mlp.down_proj = _sliced_linear(mlp.down_proj, index, 1, optimizers)
+    mlp.intermediate_size = int(index.numel())
+    return mlp
+
+
 def slice_mlp_widths(model: PreTrainedModel, keep: Sequence[torch.Tensor],
                      optimizers: Sequence[torch.optim.Optimizer] = ()) -> PreTrainedModel:
     """Keep intermediate neurons `keep[i]` (sorted indices) of layer `i`, in place; returns the model.
@@ -74,13 +87,7 @@ def slice_mlp_widths(model: PreTrainedModel, keep: Sequence[torch.Tensor],
     if len(keep) != len(mlps):
         raise ValueError(f"got {len(keep)} index sets for {len(mlps)} decoder layers")
     for mlp, index in zip(mlps, keep):
-        index = torch.as_tensor(index, dtype=torch.long).sort().values
-        width = mlp.down_proj.in_features
-        for name, halves in input_projections(mlp):
-            rows = torch.cat([index + half * width for half in range(halves)])
-            setattr(mlp, name, _sliced_linear(getattr(mlp, name), rows, 0, optimizers))
-        mlp.down_proj = _sliced_linear(mlp.down_proj, index, 1, optimizers)
-        mlp.intermediate_size = int(index.numel())
+        slice_mlp(mlp, index, optimizers)
     widths = set(mlp_widths(model))
     if len(widths) == 1:
         model.config.intermediate_size = widths.pop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from lightning_align.stages import generate, lightning_stage, prune
+from lightning_align.stages import generate, ifprune_compare, lightning_stage, prune
 from lightning_align.stages.context import StageContext
 
 
@@ -27,6 +27,7 @@ ACTIONS: dict[str, Action] = {
     "validate": Action(lightning_stage.validate, lightning_stage.check_stage_config),
     "prune": Action(prune.run, prune.check, lightning=False),
     "generate": Action(generate.run, generate.check, lightning=False, writes_model=False),
+    "ifprune_compare": Action(ifprune_compare.run, ifprune_compare.check, lightning=False, writes_model=False),
 }
 
 __all__ = ["ACTIONS", "Action", "StageContext"]
