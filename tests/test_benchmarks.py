@@ -1,0 +1,53 @@
+"""`python -m benchmarks --quick`: every quick comparison runs and the page's generated part is replaced in place."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import main
+from benchmarks.page import END, START, spread, write_page
+from benchmarks.registry import BENCHMARKS
+from tests.tiny_decoders import single_thread
+
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+
+
+def test_quick_mode_fills_the_page_and_keeps_its_hand_written_part(tmp_path: Path) -> None:
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\nHand-written section.\n")
+    main(["--quick", "--page", str(page)])
+    text = page.read_text()
+    assert text.startswith("# Benchmarks\n\nHand-written section.\n")
+    quick = [name for name, b in BENCHMARKS.items() if "quick" in b.modes]
+    assert all(f"### {name}\n" in text for name in quick)
+    assert "Identical order and perplexities: True" in text
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    this, official = (int(rows[k].split(" | ")[1].replace(",", "")) for k in ("this project", "official (counted)"))
+    assert official > 3 * this, "the quick search does at least 3x fewer block-forwards than the official one"
+    pruned = rows["30%"].split(" | ")
+    assert 0 < float(pruned[2]) < 1, "the pruned model has fewer parameters"
+    if importlib.util.find_spec("trl") is None:
+        assert text.count("| not installed |") == 4
+
+
+def test_rewriting_the_page_replaces_only_the_generated_part(tmp_path: Path) -> None:
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\nBefore.\n")
+    write_page(page, ["first run"], ["### one"])
+    page.write_text(page.read_text() + "\nAfter.\n")
+    write_page(page, ["second run"], ["### two"])
+    text = page.read_text()
+    assert text.count(START) == 1 and text.count(END) == 1 and "first run" not in text
+    assert text.startswith("# Benchmarks\n\nBefore.\n") and "second run" in text and text.endswith("\nAfter.\n")
+
+
+def test_a_missing_model_directory_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--quick", "--model", str(tmp_path)])
+    assert exit_.value.code == 2 and "no config.json" in capsys.readouterr().err
+
+
+def test_spread_is_the_median_with_min_and_max() -> None:
+    assert spread([3.0, 1.0, 2.0]) == "2.00 (1.00-3.00)" and spread([1.5]) == "1.50"
