@@ -2,7 +2,7 @@
 
 Modes: ``--quick`` (tiny models, seconds; the test suite runs it), the default (minutes), ``--full`` (adds the
 comparisons that train pipelines). The page keeps its hand-written sections; only the part between the markers is
-rewritten.
+rewritten, and within it only the sections of the benchmarks that ran.
 """
 from __future__ import annotations
 
@@ -32,18 +32,18 @@ def main(argv: list[str] | None = None) -> Path | None:
     page = args.page or (None if args.quick else Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
     options = Options(mode, args.model, args.repeats or (1 if args.quick else 5), args.threads)
     names = args.only or [name for name, b in BENCHMARKS.items() if mode in b.modes]
-    sections = []
+    sections: dict[str, str] = {}
     for name in names:
         bench = BENCHMARKS[name]
         start = time.perf_counter()
         print(f"== {name}: {bench.summary}", file=sys.stderr, flush=True)
         body = bench.run(options)
-        sections.append(f"### {name}\n\n{bench.summary}; {time.perf_counter() - start:.0f} s.\n\n{body}")
+        sections[name] = f"{bench.summary}; {time.perf_counter() - start:.0f} s.\n\n{body}"
         print(body, flush=True)
     if page is None:
         return None
-    header = [f"Mode `{mode}`, {options.repeats} paired repetition(s), {options.threads} torch thread(s).",
-              *machine_lines()]
+    header = [f"Last run: mode `{mode}`, {options.repeats} paired repetition(s), {options.threads} torch thread(s); "
+              "each section says its own sizes.", *machine_lines()]
     return write_page(page, header, sections)
 
 

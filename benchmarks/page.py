@@ -44,13 +44,21 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def write_page(page: Path, header: list[str], sections: list[str]) -> Path:
-    """Replace the generated part of ``page`` (appended the first time), keeping everything else."""
+def write_page(page: Path, header: list[str], sections: dict[str, str]) -> Path:
+    """Replace the generated part of ``page`` (appended the first time), keeping everything else.
+
+    Sections are keyed by benchmark name: a run of some benchmarks (``--only``) replaces theirs and keeps the others.
+    """
     text = page.read_text() if page.is_file() else "# Benchmarks\n"
-    generated = "\n\n".join([START, "## `python -m benchmarks`", *header, *sections, END])
+    kept: dict[str, str] = {}
     if START in text and END in text:
-        text = text[: text.index(START)] + generated + text[text.index(END) + len(END):]
+        before, rest = text.split(START, 1)
+        generated, after = rest.split(END, 1)
+        for part in generated.split("\n### ")[1:]:
+            kept[part.split("\n", 1)[0].strip()] = "### " + part.strip()
     else:
-        text = text.rstrip() + "\n\n" + generated + "\n"
-    page.write_text(text)
+        before, after = text.rstrip() + "\n\n", "\n"
+    kept.update({name: f"### {name}\n\n{body}" for name, body in sections.items()})
+    generated = "\n\n".join([START, "## `python -m benchmarks`", *header, *kept.values(), END])
+    page.write_text(before + generated + after)
     return page

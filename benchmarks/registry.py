@@ -61,6 +61,12 @@ def _peers(options: Options) -> str:
     return bench(options)
 
 
+def _annotate_memory(options: Options) -> str:
+    from benchmarks.annotate_memory import bench
+
+    return bench(options)
+
+
 def _logprob_memory(options: Options) -> str:
     from benchmarks.logprob_memory import main
 
@@ -88,6 +94,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("peers", "DPO, reward-model and sampling steps against TRL (the `bench` extra)", MODES, _peers),
     Benchmark("logprob-memory", "DPO step memory: full-vocabulary log-softmax vs chunked", ("default", "full"),
               _logprob_memory),
+    Benchmark("annotate-memory", "DPO reference annotation memory: annotate_batch_size 64 vs 8 pairs per forward",
+              ("default", "full"), _annotate_memory),
     Benchmark("generation-strategies", "one sample vs best-of-N vs self-aggregation (trains an align run)",
               ("full",), _generation_strategies),
     Benchmark("enlarge-prune", "enlarge -> prune -> recover vs training the target size (trains five pipelines)",

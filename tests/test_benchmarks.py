@@ -35,12 +35,13 @@ def test_quick_mode_fills_the_page_and_keeps_its_hand_written_part(tmp_path: Pat
 def test_rewriting_the_page_replaces_only_the_generated_part(tmp_path: Path) -> None:
     page = tmp_path / "benchmarks.md"
     page.write_text("# Benchmarks\n\nBefore.\n")
-    write_page(page, ["first run"], ["### one"])
+    write_page(page, ["first run"], {"one": "old one", "two": "old two"})
     page.write_text(page.read_text() + "\nAfter.\n")
-    write_page(page, ["second run"], ["### two"])
+    write_page(page, ["second run"], {"two": "new two"})
     text = page.read_text()
     assert text.count(START) == 1 and text.count(END) == 1 and "first run" not in text
     assert text.startswith("# Benchmarks\n\nBefore.\n") and "second run" in text and text.endswith("\nAfter.\n")
+    assert "### one\n\nold one" in text and "### two\n\nnew two" in text and "old two" not in text
 
 
 def test_a_missing_model_directory_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
