@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> Path | None:
         start = time.perf_counter()
         print(f"== {name}: {bench.summary}", file=sys.stderr, flush=True)
         body = bench.run(options)
-        sections[name] = f"{bench.summary}; {time.perf_counter() - start:.0f} s.\n\n{body}"
+        key = name if args.model is None else f"{name}, {args.model.name}"
+        sections[key] = f"{bench.summary}; {time.perf_counter() - start:.0f} s.\n\n{body}"
         print(body, flush=True)
     if page is None:
         return None

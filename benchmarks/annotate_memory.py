@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from benchmarks.memory import peak_rss_mib
 from benchmarks.page import spread, table
 from benchmarks.registry import Options
 from lightning_align.algorithms.sampling import sequence_logprobs
@@ -46,7 +46,7 @@ def measure(batch: int, pairs: int, vocab: int, length: int) -> dict[str, float]
         for first in range(0, 2 * pairs, 2 * batch):
             rows = slice(first, first + 2 * batch)
             sequence_logprobs(model, ids[rows], mask[rows], response[rows])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     return {"transient_mib": peak - before, "seconds": time.perf_counter() - start}
 
 

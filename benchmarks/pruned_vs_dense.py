@@ -16,7 +16,6 @@ import argparse
 import copy
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from benchmarks.memory import peak_rss_mib
 from benchmarks.page import spread, table
 from benchmarks.registry import Options
 from lightning_align.algorithms.block_pruner import SearchResult, StopRule, block_pruner
@@ -75,7 +75,7 @@ def measure_arm(model_dir: Path, sizes: Sizes) -> dict[str, float]:
         generate_s = time.perf_counter() - start
     generated = out[:, sizes.prompt:].numel()
     return {"params": count_parameters(model), "forward_ms": 1000 * statistics.median(times),
-            "tokens_per_s": generated / generate_s, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "tokens_per_s": generated / generate_s, "peak_rss_mib": peak_rss_mib()}
 
 
 def run_arm(model_dir: Path, sizes: Sizes, threads: int) -> dict[str, float]:
