@@ -407,6 +407,7 @@ def greedy_search(
         bar.set_postfix(removed="+".join(map(str, candidates[best])), ppl=f"{scores[best]:.3f}",
                         block_forwards=f"{runner.block_forwards:,}", refresh=False)
         bar.update(1)
+    bar.total = bar.n  # a ratio rule may stop before its bound: the bar ends full
     bar.close()
     result.block_forwards = runner.block_forwards
     return result
