@@ -7,9 +7,13 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import main
+from benchmarks.block_pruner_search import Sizes, steps_on_model
 from benchmarks.page import END, START, spread, write_page
 from benchmarks.registry import BENCHMARKS
-from tests.tiny_decoders import single_thread
+from lightning_align.data.corpus import load_texts
+from lightning_align.models.checkpoint import save_model_dir
+from lightning_align.models.tokenizer import train_bpe
+from tests.tiny_decoders import single_thread, tiny_decoder
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 
@@ -48,6 +52,17 @@ def test_a_missing_model_directory_is_refused_in_one_line(tmp_path: Path, capsys
     with pytest.raises(SystemExit) as exit_:
         main(["--quick", "--model", str(tmp_path)])
     assert exit_.value.code == 2 and "no config.json" in capsys.readouterr().err
+
+
+def test_block_pruner_steps_on_a_model_directory(tmp_path: Path) -> None:
+    tokenizer = train_bpe(load_texts("embedded")[:200], 300)
+    model_dir = save_model_dir(tiny_decoder("llama", layers=3, vocab=len(tokenizer)), tokenizer, tmp_path / "m", {})
+    text = steps_on_model(model_dir, Sizes(layers=0, hidden=0, sequences=3, length=16, blocks=2, batch=2))
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith(("| 1 |", "| 2 |", "| all |"))]
+    assert len(rows) == 3
+    # official: a full 6-block forward per candidate, 6 then 5 candidates, 3 sequences
+    assert [int(r[5].replace(",", "")) for r in rows] == [6 * 6 * 3, 5 * 6 * 3, 11 * 6 * 3]
+    assert all(int(r[4].replace(",", "")) < int(r[5].replace(",", "")) for r in rows)
 
 
 def test_spread_is_the_median_with_min_and_max() -> None:
