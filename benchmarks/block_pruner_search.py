@@ -1,67 +1,156 @@
-"""BlockPruner search: prefix reuse vs recomputing the whole model for every candidate.
+"""BlockPruner search: this project's (prefix reuse + stream cache) vs the naive search vs the official pass count.
 
-Both variants must return the same removal order and perplexities; the table shows block-forwards (one block on
-one calibration sequence) and wall time, with naive / fast ratios.
+On a random LLaMA both searches run in full, alternating, and must return the same order and perplexities; with
+``--model`` only the project's search runs, for a few greedy steps (the naive one is the same arithmetic, only
+slower), and the naive and official costs of those steps are counted. Work is in block-forwards: one block on one
+calibration sequence. The official implementation runs a full forward of the dense model per candidate.
 
-    python benchmarks/block_pruner_search.py                      # random 8-layer LLaMA
-    python benchmarks/block_pruner_search.py --model runs/default/pretrain --sequences 32 --length 128
-    python benchmarks/block_pruner_search.py --quick              # seconds; run by the test suite
+    python -m benchmarks.block_pruner_search                      # random 8-layer LLaMA
+    python -m benchmarks.block_pruner_search --model /work/models/smollm2-135m-instruct --steps 3
+    python -m benchmarks.block_pruner_search --quick              # seconds
 """
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from lightning_align.algorithms.block_pruner import SearchResult, StopRule, block_pruner
+from benchmarks.page import spread, table
+from benchmarks.registry import Options
+from lightning_align.algorithms.block_pruner import (
+    DEFAULT_CACHE_MB,
+    SearchCheckpoint,
+    SearchResult,
+    StopRule,
+    block_pruner,
+)
+from lightning_align.data.calibration import calibration_sets
 from lightning_align.models.checkpoint import load_pretrained
 
 
-def timed_search(
-    model: torch.nn.Module, tokens: torch.Tensor, stop: StopRule, batch: int, reuse: bool
-) -> tuple[SearchResult, float]:
-    start = time.perf_counter()
-    result = block_pruner(model, tokens, stop, batch_size=batch, reuse_prefix=reuse, progress=False)
-    return result, time.perf_counter() - start
+@dataclass(frozen=True)
+class Sizes:
+    layers: int
+    hidden: int
+    sequences: int
+    length: int
+    blocks: int
+    batch: int
+
+
+QUICK = Sizes(layers=4, hidden=32, sequences=4, length=16, blocks=3, batch=2)
+DEFAULT = Sizes(layers=8, hidden=64, sequences=16, length=64, blocks=6, batch=8)
+REAL = Sizes(layers=0, hidden=0, sequences=8, length=128, blocks=3, batch=8)  # layers/hidden: the model's own
+
+
+class StepClock(SearchCheckpoint):
+    """Records wall time and block-forwards at the end of every greedy step (a checkpoint that never replays)."""
+
+    def __init__(self) -> None:
+        super().__init__(Path("unused"), {})
+        self.marks: list[tuple[float, int]] = [(time.perf_counter(), 0)]
+
+    def load(self, dense_ppl: float) -> list:
+        self.marks = [(time.perf_counter(), 0)]
+        return []
+
+    def save(self, result: SearchResult) -> None:
+        self.marks.append((time.perf_counter(), result.block_forwards))
+
+
+def random_llama(sizes: Sizes) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=256, hidden_size=sizes.hidden, intermediate_size=sizes.hidden * 3,
+                         num_hidden_layers=sizes.layers, num_attention_heads=4, num_key_value_heads=4)
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, config.vocab_size, (sizes.sequences, sizes.length), generator=generator)
+    return LlamaForCausalLM(config).eval(), tokens
+
+
+def compare_on_random(sizes: Sizes, repeats: int) -> tuple[str, bool]:
+    """Fast (cache on and off) and naive searches alternating ``repeats`` times; (Markdown, identical?)."""
+    model, tokens = random_llama(sizes)
+    stop = StopRule(num_blocks=sizes.blocks)
+    variants = {"this project": {"cache_mb": DEFAULT_CACHE_MB}, "without the stream cache": {"cache_mb": 0},
+                "naive": {"reuse_prefix": False}}
+    block_pruner(model, tokens[: sizes.batch], StopRule(num_blocks=1), batch_size=sizes.batch, progress=False)
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    results: dict[str, SearchResult] = {}
+    for _ in range(repeats):
+        for name, kwargs in variants.items():
+            start = time.perf_counter()
+            results[name] = block_pruner(model, tokens, stop, batch_size=sizes.batch, progress=False, **kwargs)
+            seconds[name].append(time.perf_counter() - start)
+    naive = results["naive"]
+    same = all(r.order == naive.order and [s.ppl for s in r.steps] == [s.ppl for s in naive.steps]
+               for r in results.values())
+    official, dense = naive.official_block_forwards, sizes.sequences * 2 * sizes.layers
+    rows = [[name, f"{r.block_forwards - dense:,}", f"{official / (r.block_forwards - dense):.2f}",
+             spread(seconds[name], 3), spread([n / f for n, f in zip(seconds["naive"], seconds[name])])]
+            for name, r in results.items()]
+    rows.append(["official (counted)", f"{official:,}", "1.00", "", ""])
+    intro = (f"Random LLaMA, {sizes.layers} layers, hidden {sizes.hidden}; {sizes.sequences}x{sizes.length} "
+             f"calibration tokens, batch {sizes.batch}, {sizes.blocks} blocks removed; {repeats} alternating "
+             f"repetition(s). Identical order and perplexities: {same}. Block-forwards of the steps (the dense pass left out).")
+    header = ["search", "block-forwards", "official / this", "wall s", "naive wall / this"]
+    return f"{intro}\n\n{table(header, rows)}", same
+
+
+def steps_on_model(model_dir: Path, sizes: Sizes) -> str:
+    """The project's search for ``sizes.blocks`` greedy steps on a pretrained model: seconds and work per step."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = load_pretrained(model_dir, dtype=torch.float32).eval()
+    calibration, _ = calibration_sets(tokenizer, "embedded", sizes.length, sizes.sequences, sizes.sequences, 0.1, 0)
+    clock = StepClock()
+    result = block_pruner(model, calibration, StopRule(num_blocks=sizes.blocks), batch_size=sizes.batch,
+                          progress=False, checkpoint=clock)
+    blocks = 2 * model.config.num_hidden_layers
+    rows, official_total = [], 0
+    for k, (step, (before, after)) in enumerate(zip(result.steps, zip(clock.marks, clock.marks[1:]))):
+        official = calibration.size(0) * blocks * (blocks - k)
+        official_total += official
+        forwards = after[1] - before[1] if k else after[1] - calibration.size(0) * blocks  # less the dense pass
+        rows.append([str(k + 1), "+".join(map(str, step.removed)), f"{step.ppl:.3f}", f"{after[0] - before[0]:.0f}",
+                     f"{forwards:,}", f"{official:,}", f"{official / forwards:.2f}"])
+    search = result.block_forwards - calibration.size(0) * blocks
+    rows.append(["all", "", "", f"{clock.marks[-1][0] - clock.marks[0][0]:.0f}", f"{search:,}", f"{official_total:,}",
+                 f"{official_total / search:.2f}"])
+    intro = (f"`{model_dir}` ({blocks // 2} layers), {calibration.size(0)}x{sizes.length} calibration tokens of the "
+             f"embedded corpus, batch {sizes.batch}, {torch.get_num_threads()} thread(s), "
+             f"`search_cache_mb` {DEFAULT_CACHE_MB:.0f}; dense calibration ppl {result.dense_ppl:.3f}. "
+             "Block-forwards of the steps (the dense pass left out; step 1 includes the first walk).")
+    header = ["step", "removed", "calibration ppl", "seconds", "block-forwards", "official", "official / this"]
+    return f"{intro}\n\n{table(header, rows)}"
+
+
+def bench(options: Options) -> str:
+    torch.set_num_threads(options.threads)
+    text, same = compare_on_random(QUICK if options.mode == "quick" else DEFAULT, options.repeats)
+    if not same:
+        raise SystemExit("BlockPruner: the fast and naive searches disagree")
+    if options.model is not None and options.mode != "quick":
+        text += "\n\n" + steps_on_model(options.model, REAL)
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="local model directory (default: a random LLaMA of --layers/--hidden)")
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--sequences", type=int, default=16)
-    parser.add_argument("--length", type=int, default=64)
-    parser.add_argument("--blocks", type=int, default=6, help="blocks to remove")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (shared CPUs time badly with more)")
+    parser.add_argument("--model", type=Path, help="local pretrained model directory: a few steps of the fast search")
+    parser.add_argument("--steps", type=int, default=REAL.blocks, help="greedy steps on --model")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating repetitions on the random model")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--quick", action="store_true", help="4 layers, 4 sequences of 16 tokens, 3 blocks")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.layers, args.hidden, args.sequences, args.length, args.blocks, args.batch = 4, 32, 4, 16, 3, 2
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    if args.model:
-        model = load_pretrained(args.model, dtype=torch.float32).eval()
-    else:
-        config = LlamaConfig(vocab_size=256, hidden_size=args.hidden, intermediate_size=args.hidden * 3,
-                             num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=4)
-        model = LlamaForCausalLM(config).eval()
-    generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, model.config.vocab_size, (args.sequences, args.length), generator=generator)
-    stop = StopRule(num_blocks=args.blocks)
-    timed_search(model, tokens[: args.batch], StopRule(num_blocks=1), args.batch, reuse=True)  # warm-up, untimed
-    fast, fast_s = timed_search(model, tokens, stop, args.batch, reuse=True)
-    naive, naive_s = timed_search(model, tokens, stop, args.batch, reuse=False)
-    same = fast.order == naive.order and [s.ppl for s in fast.steps] == [s.ppl for s in naive.steps]
-    print(f"{model.config.num_hidden_layers} layers, {args.sequences}x{args.length} tokens, "
-          f"{args.blocks} blocks removed; identical order and perplexities: {same}")
-    print(f"{'variant':<8} {'block-forwards':>15} {'wall s':>9}")
-    print(f"{'fast':<8} {fast.block_forwards:>15,} {fast_s:>9.3f}")
-    print(f"{'naive':<8} {naive.block_forwards:>15,} {naive_s:>9.3f}")
-    print(f"{'ratio':<8} {naive.block_forwards / fast.block_forwards:>15.2f} {naive_s / fast_s:>9.2f}")
+    if args.model is not None:
+        print(steps_on_model(args.model, Sizes(**{**REAL.__dict__, "blocks": args.steps})))
+        return
+    text, same = compare_on_random(QUICK if args.quick else DEFAULT, 1 if args.quick else args.repeats)
+    print(text)
     if not same:
         raise SystemExit("fast and naive searches disagree")
 

@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                        help="precision of the model while pruning and when saved; perplexities stay fp32")
     prune.add_argument("--block-size", type=int, default=128, help="tokens per calibration block")
+    prune.add_argument("--search-cache-mb", type=float,
+                       help="MiB of hidden states kept across greedy steps (default 1024; 0: none; picks never change)")
     prune.add_argument("--no-compare", action="store_true", help="skip the two other methods in the report")
     prune.add_argument("--export", default="compact", choices=["compact", "dense_compatible"],
                        help="how blocks removed from a layer that stays are saved (docs/pruning.md)")
@@ -126,6 +128,8 @@ def _prune(args: argparse.Namespace) -> None:
               "export": args.export}
     if args.calibration is not None:
         values.update(calibration=args.calibration, val_fraction=None)
+    if args.search_cache_mb is not None:
+        values.update(search_cache_mb=args.search_cache_mb)
     print(run_prune_command(values, args.output))
 
 

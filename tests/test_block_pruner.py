@@ -1,16 +1,28 @@
 """BlockPruner search and its baselines: exactness of the fast search, greedy choices, stop rules."""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_align.algorithms.block_pruner import BlockRunner, StopRule, block_pruner
+from lightning_align.algorithms.block_pruner import (
+    BlockRunner,
+    SearchCheckpoint,
+    SearchResult,
+    StopRule,
+    StreamCache,
+    _entries,
+    block_pruner,
+    max_steps,
+    single_blocks,
+)
 from lightning_align.algorithms.layer_pruning import block_influence, layer_ppl
 from lightning_align.errors import ConfigError
-from lightning_align.models.blocks import Block, all_blocks, skipping
+from lightning_align.models.blocks import Block, all_blocks, block_parameters, count_parameters, skipping
 from tests.tiny_decoders import FAMILIES, single_thread, tiny_decoder, token_batch
 
 CALIBRATION = token_batch(batch=5, length=10, seed=3)
@@ -48,7 +60,72 @@ def test_fast_search_equals_naive_search_exactly(model: torch.nn.Module) -> None
     assert [s.ppl for s in fast.steps] == [s.ppl for s in naive.steps]
     # naive: dense pass 6, then c candidates x (c - 1) remaining blocks for c = 6, 5, 4; per sequence
     assert naive.block_forwards == (6 + 30 + 20 + 12) * 5 == fast.naive_block_forwards
+    # official: a full 6-block forward per candidate
+    assert fast.official_block_forwards == (6 + 5 + 4) * 6 * 5
     assert fast.block_forwards < naive.block_forwards
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_stream_cache_keeps_every_pick_exact_at_any_budget(family: str) -> None:
+    """Six layers, nine removals, a batch split in two; budgets from none through a coarse stride (0.1 MB) to everything."""
+    deep = tiny_decoder(family, layers=6, seed=4)
+    stop = StopRule(num_blocks=9)
+    naive = block_pruner(deep, CALIBRATION, stop, batch_size=3, reuse_prefix=False, progress=False)
+    forwards = []
+    for cache_mb in (0, 0.1, 100):
+        fast = block_pruner(deep, CALIBRATION, stop, batch_size=3, cache_mb=cache_mb, progress=False)
+        assert fast.order == naive.order
+        assert [s.ppl for s in fast.steps] == [s.ppl for s in naive.steps]
+        forwards.append(fast.block_forwards)
+    assert forwards[2] < forwards[0] < naive.block_forwards
+
+
+def test_cache_stride_fits_the_budget() -> None:
+    runner = BlockRunner(tiny_decoder("llama", layers=6, seed=4), CALIBRATION, batch_size=3)
+    entry = 3 * 10 * 32 * 4  # one batch of hidden states, fp32
+    assert StreamCache(0, runner).stride is None
+    assert StreamCache(100, runner).stride == 1
+    for budget in (0.1, 0.2, 0.4):
+        stride = StreamCache(budget, runner).stride
+        assert 2 * _entries(12, stride) * entry <= budget * 2**20 < 2 * _entries(12, stride - 1) * entry
+
+
+def test_interrupted_search_resumes_from_its_checkpoint_with_identical_picks(
+    model: torch.nn.Module, tmp_path: Path
+) -> None:
+    stop = StopRule(num_blocks=4)
+    whole = block_pruner(model, CALIBRATION, stop, batch_size=2, progress=False)
+    checkpoint = SearchCheckpoint(tmp_path / "state.json", {"method": "blockpruner"})
+
+    class Interrupted(Exception):
+        pass
+
+    def save_then_stop(result: SearchResult) -> None:
+        SearchCheckpoint.save(checkpoint, result)
+        raise Interrupted
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint, "save", save_then_stop)
+        with pytest.raises(Interrupted):
+            block_pruner(model, CALIBRATION, stop, batch_size=2, progress=False, checkpoint=checkpoint)
+    assert len(json.loads(checkpoint.path.read_text())["steps"]) == 1
+    resumed = block_pruner(model, CALIBRATION, stop, batch_size=2, progress=False, checkpoint=checkpoint)
+    assert resumed.resumed_steps == 1 and resumed.steps == whole.steps
+    assert resumed.official_block_forwards == (5 + 4 + 3) * 6 * 5, "only the steps searched now are counted"
+    other = SearchCheckpoint(checkpoint.path, {"method": "layer-ppl"})
+    assert block_pruner(model, CALIBRATION, stop, batch_size=2, progress=False, checkpoint=other).resumed_steps == 0
+
+
+def test_max_steps_bounds_the_progress_bar(model: torch.nn.Module) -> None:
+    sizes = block_parameters(model)
+    total = count_parameters(model)
+    candidates = single_blocks(model)(set())
+    assert max_steps(StopRule(num_blocks=4), candidates, sizes, total) == 4
+    for ratio in (0.05, 0.3, 0.7):
+        steps = block_pruner(model, CALIBRATION, StopRule(target_ratio=ratio), progress=False).steps
+        assert len(steps) <= max_steps(StopRule(target_ratio=ratio), candidates, sizes, total)
+    smallest_first = sorted(sizes.values())
+    assert max_steps(StopRule(target_ratio=smallest_first[0] / total), candidates, sizes, total) == 1
 
 
 def test_each_step_takes_the_lowest_perplexity_given_earlier_steps(model: torch.nn.Module) -> None:
@@ -101,11 +178,3 @@ def test_block_influence_ranks_layers_by_input_output_cosine(model: torch.nn.Mod
     result = block_influence(model, CALIBRATION, StopRule(num_blocks=4), progress=False)
     assert [s.removed[0].layer for s in result.steps] == sorted(range(3), key=influence.__getitem__)[:2]
     assert result.steps[1].ppl == pytest.approx(reference_ppl(model, set(result.order)), rel=1e-6)
-
-
-def test_search_benchmark_quick_mode_runs(capsys: pytest.CaptureFixture) -> None:
-    from benchmarks.block_pruner_search import main
-
-    main(["--quick"])
-    out = capsys.readouterr().out
-    assert "identical order and perplexities: True" in out and "ratio" in out

@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lightning_align.algorithms.block_pruner import PruneStep, SearchResult, StopRule, block_pruner
+from lightning_align.algorithms.block_pruner import PruneStep, SearchCheckpoint, SearchResult, StopRule, block_pruner
 from lightning_align.cli import PACKAGE_CONF, main
 from lightning_align.data.calibration import split_sizes
 from lightning_align.data.corpus import load_texts
@@ -23,6 +24,7 @@ from lightning_align.errors import ConfigError
 from lightning_align.eval.prune_report import MethodRun, budget_rows
 from lightning_align.stages import ACTIONS
 from lightning_align.stages.prune import METHODS as PRUNE_METHODS
+from lightning_align.stages.prune import SEARCH_STATE
 from tests.conftest import TINY_OVERRIDES
 from tests.tiny_decoders import single_thread, tiny_decoder
 
@@ -55,6 +57,30 @@ def test_prune_writes_a_smaller_model_that_reloads_and_a_report(model_dir: Path,
     assert (out / "ppl_vs_removed.png").read_bytes()[:4] == b"\x89PNG"
     assert meta["metrics"]["prune/params_pruned"] < meta["metrics"]["prune/params_dense"]
     assert meta["metrics"]["prune/block_forwards"] < meta["metrics"]["prune/block_forwards_naive"]
+
+
+def test_an_interrupted_prune_resumes_and_picks_as_an_uninterrupted_one(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["prune", "--model", str(model_dir), "--blocks", "3", "--no-compare", *FAST]
+    assert main([*args, "--output", str(tmp_path / "whole")]) == 0
+    save = SearchCheckpoint.save
+
+    def save_then_stop(checkpoint: SearchCheckpoint, result: SearchResult) -> None:
+        save(checkpoint, result)
+        raise KeyboardInterrupt
+
+    out = tmp_path / "interrupted"
+    monkeypatch.setattr(SearchCheckpoint, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--output", str(out)])
+    assert len(json.loads((out / SEARCH_STATE / "blockpruner.json").read_text())["steps"]) == 1
+    monkeypatch.undo()
+    assert main([*args, "--output", str(out)]) == 0
+    resumed = read_metadata(out)["pruning"]["results"]["blockpruner"]
+    assert resumed["resumed_steps"] == 1
+    assert resumed["steps"] == read_metadata(tmp_path / "whole")["pruning"]["results"]["blockpruner"]["steps"]
+    assert not (out / SEARCH_STATE).exists(), "the finished save replaces the directory, state included"
 
 
 @pytest.fixture(scope="module")
@@ -95,15 +121,19 @@ def test_sizes_batch_and_dtype_reach_the_search_and_perplexities_stay_fp32(
 ) -> None:
     seen = {}
 
-    def spy(model: torch.nn.Module, calibration: torch.Tensor, stop: StopRule, batch_size: int) -> SearchResult:
+    def spy(
+        model: torch.nn.Module, calibration: torch.Tensor, stop: StopRule, batch_size: int, **greedy: Any
+    ) -> SearchResult:
         seen.update(dtype=next(model.parameters()).dtype, blocks=calibration.size(0), batch_size=batch_size)
-        return block_pruner(model, calibration, stop, batch_size=batch_size)
+        seen.update(cache_mb=greedy["cache_mb"])
+        return block_pruner(model, calibration, stop, batch_size=batch_size, **greedy)
 
     monkeypatch.setitem(PRUNE_METHODS, "blockpruner", spy)
     out = tmp_path / "pruned"
-    args = ["--num-sequences", "2", "--eval-sequences", "3", "--batch-size", "2", "--dtype", "bfloat16", "--no-compare"]
+    args = ["--num-sequences", "2", "--eval-sequences", "3", "--batch-size", "2", "--dtype", "bfloat16", "--no-compare",
+            "--search-cache-mb", "0"]
     assert main(["prune", "--model", str(model_dir), "--blocks", "1", "--output", str(out), "--block-size", "16", *args]) == 0
-    assert seen == {"dtype": torch.bfloat16, "blocks": 2, "batch_size": 2}
+    assert seen == {"dtype": torch.bfloat16, "blocks": 2, "batch_size": 2, "cache_mb": 0.0}
     assert "Calibration: 2 blocks of 16 tokens" in (out / "report.md").read_text()
     assert "evaluation: 3 other held-out blocks" in (out / "report.md").read_text()
     metrics = read_metadata(out)["metrics"]

@@ -10,15 +10,22 @@ so every sequence weighs the same.
 Speed without changing the answer: dropping the block at residual position p leaves every hidden state before p as
 it is. Each step walks the candidates in stream order carrying one running hidden state forward, so a candidate
 recomputes only the blocks after it; the naive variant (``reuse_prefix=False``) recomputes the whole stack for every
-candidate. Both run the same block computations on the same batches, so they give bit-identical perplexities.
-Work is counted in block-forwards: one block applied to one calibration sequence.
+candidate. Across steps a ``StreamCache`` keeps, within a memory budget, the residual stream of the running model and
+of every candidate's run: removing the step's winner at position p invalidates only the states after p, so the next
+step resumes each candidate that starts before p from its own stream at p instead of from its start. All variants run
+the same block computations on the same batches, so they give bit-identical perplexities.
+Work is counted in block-forwards: one block applied to one calibration sequence. The official implementation runs a
+full forward (every block) for each candidate, so its cost is the number of candidates scored times the blocks of
+the dense model, per sequence.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +43,7 @@ from lightning_align.models.blocks import (
 )
 
 Group = tuple[Block, ...]
+DEFAULT_CACHE_MB = 1024.0  # streams kept across greedy steps: a 30-layer, 576-wide model at 8x128 tokens fits stride 5
 
 
 @dataclass(frozen=True)
@@ -78,15 +86,28 @@ class PruneStep:
     ppl: float
     removed_fraction: float
 
+    def to_json(self) -> dict[str, Any]:
+        return {"removed": [b.to_json() for b in self.removed], "ppl": self.ppl, "removed_fraction": self.removed_fraction}
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> PruneStep:
+        removed = tuple(Block.from_json(b) for b in record["removed"])
+        return cls(removed, float(record["ppl"]), float(record["removed_fraction"]))
+
 
 @dataclass
 class SearchResult:
+    """A search's steps and its work: block-forwards done, and what the naive and the official search would do
+    for the steps searched in this process (steps resumed from a checkpoint cost nothing here)."""
+
     method: str
     dense_ppl: float
     total_params: int
     steps: list[PruneStep] = field(default_factory=list)
     block_forwards: int = 0
     naive_block_forwards: int = 0
+    official_block_forwards: int = 0
+    resumed_steps: int = 0
 
     @property
     def order(self) -> list[Block]:
@@ -98,11 +119,37 @@ class SearchResult:
             "dense_ppl": self.dense_ppl,
             "block_forwards": self.block_forwards,
             "naive_block_forwards": self.naive_block_forwards,
-            "steps": [
-                {"removed": [b.to_json() for b in s.removed], "ppl": s.ppl, "removed_fraction": s.removed_fraction}
-                for s in self.steps
-            ],
+            "official_block_forwards": self.official_block_forwards,
+            "resumed_steps": self.resumed_steps,
+            "steps": [s.to_json() for s in self.steps],
         }
+
+
+class SearchCheckpoint:
+    """The steps of one greedy search in a JSON file, rewritten after every step, so an interrupted search resumes.
+
+    Steps are replayed only when the dense calibration perplexity (computed before any step, bit-exact) and the
+    ``identity`` (method, batch size, precision, device: anything that could change the arithmetic) match, so a
+    checkpoint of another model or calibration set is ignored rather than trusted.
+    """
+
+    def __init__(self, path: Path, identity: dict[str, Any]) -> None:
+        self.path, self.identity = path, identity
+
+    def load(self, dense_ppl: float) -> list[PruneStep]:
+        if not self.path.is_file():
+            return []
+        saved = json.loads(self.path.read_text())
+        if saved.get("identity") != self.identity or saved.get("dense_ppl") != dense_ppl:
+            return []
+        return [PruneStep.from_json(s) for s in saved["steps"]]
+
+    def save(self, result: SearchResult) -> None:
+        record = {"identity": self.identity, "dense_ppl": result.dense_ppl, "steps": [s.to_json() for s in result.steps]}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".tmp")
+        partial.write_text(json.dumps(record, indent=1))
+        partial.replace(self.path)
 
 
 class _StopForward(Exception):
@@ -193,25 +240,116 @@ class BlockRunner:
         return sum(b.tokens.size(0) for b in self.batches)
 
     @torch.inference_mode()
-    def score_candidates(self, removed: set[Block], candidates: Sequence[Group], reuse_prefix: bool) -> list[float]:
-        """Perplexity with ``removed`` plus each candidate group dropped; candidates in any order."""
+    def score_candidates(
+        self, removed: set[Block], candidates: Sequence[Group], reuse_prefix: bool, cache: StreamCache | None = None
+    ) -> list[float]:
+        """Perplexity with ``removed`` plus each candidate group dropped; candidates in any order.
+
+        With ``reuse_prefix`` one running stream is carried forward (a candidate starts from it at its first block)
+        and ``cache`` holds streams saved by earlier steps; without, every candidate runs the whole stack.
+        """
         kept = [b for b in all_blocks(self.model) if b not in removed]
         sums = [0.0] * len(candidates)
         by_start = sorted(range(len(candidates)), key=lambda i: min(candidates[i]).position)
-        for batch in self.batches:
-            hidden, done = batch.hidden, 0
+        end = 2 * len(self.layers)
+        for index, batch in enumerate(self.batches):
+            running = (0, batch.hidden)
             for i in by_start:
-                group, start = candidates[i], min(candidates[i]).position
+                group = candidates[i]
+                rest = [b for b in kept if b not in group]
                 if reuse_prefix:
-                    while done < len(kept) and kept[done].position < start:
-                        hidden = self.run_block(kept[done], hidden, batch)
-                        done += 1
-                    rest = [b for b in kept[done:] if b not in group]
-                    out = self.run(rest, hidden, batch)
+                    running = self.advance(kept, running, min(group).position, (None, index), batch, cache)
+                    out = self.advance(rest, running, end, (group, index), batch, cache)[1]
                 else:
-                    out = self.run([b for b in kept if b not in group], batch.hidden, batch)
+                    out = self.run(rest, batch.hidden, batch)
                 sums[i] += float(self.sequence_nll(out, batch).double().sum())
         return [math.exp(s / self.num_sequences) for s in sums]
+
+    def advance(
+        self,
+        blocks: Sequence[Block],
+        state: tuple[int, torch.Tensor],
+        target: int,
+        key: StreamKey,
+        batch: _Batch,
+        cache: StreamCache | None,
+    ) -> tuple[int, torch.Tensor]:
+        """Carry the stream ``state`` = (position it enters, hidden) through ``blocks`` up to residual position
+        ``target``, first jumping to the latest state ``cache`` holds for ``key`` and saving states on the way."""
+        if cache is not None:
+            saved = cache.latest(key, target)
+            if saved is not None and saved[0] > state[0]:
+                state = saved
+        position, hidden = state
+        for block in blocks:
+            if position <= block.position < target:
+                if cache is not None:
+                    cache.keep(key, block.position, hidden)
+                hidden = self.run_block(block, hidden, batch)
+        return target, hidden
+
+
+StreamKey = tuple[Optional[Group], int]  # (candidate group, or None for the running model; calibration batch index)
+
+
+class StreamCache:
+    """Residual-stream states kept across greedy steps, within a memory budget.
+
+    Entry (key, q): the hidden state entering residual position q, in the run of the model with the removed blocks
+    dropped (key ``None``) or with candidate group g dropped as well (key g), for one calibration batch. It stays
+    exact until a block before q is removed, so after each step only the entries past the winner's first block go.
+    States are kept at positions divisible by ``stride``, the smallest stride whose entries fit ``budget_mb``
+    (``None``: nothing fits, nothing is kept); a larger stride only costs a few more block-forwards on resume.
+    """
+
+    def __init__(self, budget_mb: float, runner: BlockRunner) -> None:
+        blocks = 2 * len(runner.layers)
+        entry = max(b.hidden.numel() * b.hidden.element_size() for b in runner.batches)
+        self.stride = next(
+            (s for s in range(1, blocks) if _entries(blocks, s) * len(runner.batches) * entry <= budget_mb * 2**20),
+            None,
+        )
+        self.entries: dict[StreamKey, list[tuple[int, torch.Tensor]]] = {}
+
+    def latest(self, key: StreamKey, upto: int) -> tuple[int, torch.Tensor] | None:
+        for position, hidden in reversed(self.entries.get(key, [])):
+            if position <= upto:
+                return position, hidden
+        return None
+
+    def keep(self, key: StreamKey, position: int, hidden: torch.Tensor) -> None:
+        if self.stride is None or position == 0 or position % self.stride:
+            return
+        entries = self.entries.setdefault(key, [])
+        if not entries or entries[-1][0] < position:
+            entries.append((position, hidden))
+
+    def drop(self, group: Group) -> None:
+        """``group`` was removed: its own runs are no longer candidates and every state past its first block changed."""
+        cut = min(group).position
+        for key in list(self.entries):
+            kept = [] if key[0] == group else [e for e in self.entries[key] if e[0] <= cut]
+            if kept:
+                self.entries[key] = kept
+            else:
+                del self.entries[key]
+
+
+def _entries(blocks: int, stride: int) -> int:
+    """Most states one calibration batch can hold at ``stride``: the running stream plus one run per start."""
+    last = (blocks - 1) // stride
+    return last + sum(last - start // stride for start in range(blocks))
+
+
+def max_steps(stop: StopRule, candidates: Sequence[Group], sizes: dict[Block, int], total: int) -> int:
+    """Most greedy steps ``stop`` can take: any order reaches the rule no later than the smallest groups first."""
+    amount = len if stop.num_blocks is not None else (lambda g: sum(sizes[b] for b in g))
+    blocks = params = 0
+    for steps, group in enumerate(sorted(candidates, key=amount), start=1):
+        blocks, params = blocks + len(group), params + sum(sizes[b] for b in group)
+        if stop.reached(blocks, params / total):
+            return min(steps, len(candidates) - 1)
+    return len(candidates) - 1
 
 
 def greedy_search(
@@ -221,6 +359,8 @@ def greedy_search(
     method: str,
     reuse_prefix: bool = True,
     progress: bool = True,
+    cache_mb: float = DEFAULT_CACHE_MB,
+    checkpoint: SearchCheckpoint | None = None,
 ) -> SearchResult:
     """Greedy removal re-scored every step: drop the candidate group with the lowest perplexity, until ``stop``.
 
@@ -228,27 +368,46 @@ def greedy_search(
     whole-layer baseline). Ties go to the earliest group in residual-stream order, so the search is deterministic.
     The last candidate is never removed, so the model keeps at least one block (or layer).
     Callers validate ``stop`` before building the runner, so bad rules fail before any forward pass.
+    ``cache_mb`` bounds the streams kept across steps (0: none); ``checkpoint`` resumes the steps it holds
+    (those ``stop`` still allows) and is rewritten after every step.
     """
     model = runner.model
     sizes, total = block_parameters(model), count_parameters(model)
     result = SearchResult(method, runner.perplexity(set()), total)
     result.naive_block_forwards = runner.block_forwards
     removed: set[Block] = set()
-    bar = tqdm(desc=f"{method} search", unit="step", disable=not progress)
     fraction = 0.0
+    for step in checkpoint.load(result.dense_ppl) if checkpoint is not None else []:
+        if stop.reached(len(removed), fraction):
+            break
+        removed |= set(step.removed)
+        fraction = step.removed_fraction
+        result.steps.append(step)
+    result.resumed_steps = len(result.steps)
+    cache = StreamCache(cache_mb, runner) if reuse_prefix else None
+    steps = max_steps(stop, groups(set()), sizes, total)
+    bar = tqdm(desc=f"{method} search", total=steps, initial=len(result.steps), unit="step", disable=not progress)
     while not stop.reached(len(removed), fraction):
         candidates = sorted(groups(removed), key=lambda g: min(g).position)
         if len(candidates) < 2:
             break
         kept = len(sizes) - len(removed)
         result.naive_block_forwards += runner.num_sequences * sum(kept - len(g) for g in candidates)
-        scores = runner.score_candidates(removed, candidates, reuse_prefix)
+        result.official_block_forwards += runner.num_sequences * len(sizes) * len(candidates)
+        scores = runner.score_candidates(removed, candidates, reuse_prefix, cache)
         best = min(range(len(candidates)), key=lambda i: (scores[i], i))
         removed |= set(candidates[best])
+        if cache is not None:
+            cache.drop(candidates[best])
         fraction = sum(sizes[b] for b in removed) / total
         result.steps.append(PruneStep(candidates[best], scores[best], fraction))
-        bar.set_postfix(removed="+".join(map(str, candidates[best])), ppl=f"{scores[best]:.3f}", refresh=False)
+        result.block_forwards = runner.block_forwards
+        if checkpoint is not None:
+            checkpoint.save(result)
+        bar.set_postfix(removed="+".join(map(str, candidates[best])), ppl=f"{scores[best]:.3f}",
+                        block_forwards=f"{runner.block_forwards:,}", refresh=False)
         bar.update(1)
+    bar.total = bar.n  # a ratio rule may stop before its bound: the bar ends full
     bar.close()
     result.block_forwards = runner.block_forwards
     return result
@@ -267,8 +426,12 @@ def block_pruner(
     batch_size: int = 8,
     reuse_prefix: bool = True,
     progress: bool = True,
+    cache_mb: float = DEFAULT_CACHE_MB,
+    checkpoint: SearchCheckpoint | None = None,
 ) -> SearchResult:
     """BlockPruner search on ``calibration`` ([sequences, length] token ids); the model is left unchanged."""
     stop.validate(model)
     runner = BlockRunner(model, calibration, batch_size)
-    return greedy_search(runner, single_blocks(model), stop, "blockpruner", reuse_prefix, progress)
+    return greedy_search(
+        runner, single_blocks(model), stop, "blockpruner", reuse_prefix, progress, cache_mb, checkpoint
+    )

@@ -15,7 +15,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from lightning_align.algorithms.block_pruner import BlockRunner, Group, PruneStep, SearchResult, StopRule, greedy_search
+from lightning_align.algorithms.block_pruner import (
+    DEFAULT_CACHE_MB,
+    BlockRunner,
+    Group,
+    PruneStep,
+    SearchCheckpoint,
+    SearchResult,
+    StopRule,
+    greedy_search,
+)
 from lightning_align.models.blocks import Block, block_parameters, count_parameters, decoder_layers
 
 
@@ -36,11 +45,13 @@ def layer_ppl(
     batch_size: int = 8,
     reuse_prefix: bool = True,
     progress: bool = True,
+    cache_mb: float = DEFAULT_CACHE_MB,
+    checkpoint: SearchCheckpoint | None = None,
 ) -> SearchResult:
     """Greedy whole-layer removal by calibration perplexity, re-scored every step."""
     stop.validate(model)
     runner = BlockRunner(model, calibration, batch_size)
-    return greedy_search(runner, whole_layers(model), stop, "layer-ppl", reuse_prefix, progress)
+    return greedy_search(runner, whole_layers(model), stop, "layer-ppl", reuse_prefix, progress, cache_mb, checkpoint)
 
 
 @torch.inference_mode()

@@ -91,6 +91,7 @@ def write_prune_report(
             f"{run.heldout_ppl[-1]:.3f}",
             f"{run.result.block_forwards:,}",
             f"{run.result.naive_block_forwards:,}",
+            f"{run.result.official_block_forwards:,}",
         ]
         for name, run in runs.items()
     ]
@@ -115,11 +116,12 @@ def write_prune_report(
         "## Methods at equal removed parameters",
         "",
         f"Each other method stops at the first step that removes at least the share {chosen} removed.",
-        "Block-forwards: one block applied to one calibration sequence, with prefix reuse vs recomputing the",
-        "model for every candidate.",
+        "Block-forwards: one block applied to one calibration sequence, as searched (prefix reuse and states kept",
+        "across steps) vs recomputing the kept blocks for every candidate (naive) vs a full forward of the dense",
+        "model for every candidate (official implementation); steps resumed from a checkpoint are not counted.",
         "",
         *_table(["method", "blocks removed", "removed params", "calibration ppl", "held-out ppl", "block-forwards",
-                 "block-forwards (naive)"], methods),
+                 "block-forwards (naive)", "block-forwards (official)"], methods),
         "",
         f"![held-out perplexity vs removed parameters]({PLOT_FILE})",
         "",

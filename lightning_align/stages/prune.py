@@ -14,10 +14,17 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
-from jsonargparse.typing import OpenUnitInterval, PositiveInt
+from jsonargparse.typing import NonNegativeFloat, OpenUnitInterval, PositiveInt
 from transformers import AutoTokenizer
 
-from lightning_align.algorithms.block_pruner import BlockRunner, SearchResult, StopRule, block_pruner
+from lightning_align.algorithms.block_pruner import (
+    DEFAULT_CACHE_MB,
+    BlockRunner,
+    SearchCheckpoint,
+    SearchResult,
+    StopRule,
+    block_pruner,
+)
 from lightning_align.algorithms.layer_pruning import block_influence, layer_ppl
 from lightning_align.config import keys_under, validate_dataclass
 from lightning_align.data.calibration import CALIBRATION_SUFFIXES, calibration_sets, is_token_ids
@@ -38,6 +45,8 @@ from lightning_align.models.loading import DTYPES, remote_code_refused
 from lightning_align.stages.context import StageContext
 
 METHODS = {"blockpruner": block_pruner, "layer-ppl": layer_ppl, "block-influence": block_influence}
+GREEDY = ("blockpruner", "layer-ppl")  # searches that checkpoint every step and keep streams across steps
+SEARCH_STATE = "search_state"  # under the output directory while a search runs; the final save replaces the directory
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,9 @@ class PruneConfig:
     ``latency_threads`` pins torch's CPU threads while timing (None: leave torch's setting).
     ``compare`` also runs the two other methods for the report, each stopping once it has removed at least the
     parameter share the chosen method removed (whole layers may overshoot: that is the cost of coarser units).
+    ``search_cache_mb`` bounds the hidden states the greedy searches keep across steps (0: none; the picks are the
+    same at any value, only the work changes). The greedy searches save their steps under ``output_dir`` after every
+    step; running the same command again after an interruption resumes from there.
     ``export`` says how blocks removed from a layer that stays are saved: ``compact`` (absent; only
     ``lightning_align.load_pretrained`` loads the directory) or ``dense_compatible`` (zeroed sublayers that plain
     transformers loads exactly; no smaller on disk for those blocks).
@@ -74,6 +86,7 @@ class PruneConfig:
     compare: bool = True
     latency_repeats: PositiveInt = 10
     latency_threads: Optional[PositiveInt] = 1
+    search_cache_mb: NonNegativeFloat = DEFAULT_CACHE_MB
     export: Export = "compact"
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -169,6 +182,14 @@ def heldout_curve(runner: BlockRunner, result: SearchResult) -> list[float]:
     return curve
 
 
+def search_checkpoint(cfg: PruneConfig, method: str, model_dir: Path, output_dir: Path) -> SearchCheckpoint:
+    """Where ``method``'s steps are saved, and what must match for them to be replayed (the dense calibration
+    perplexity is checked too, so another model or calibration set never resumes from them)."""
+    fields = ("calibration", "num_sequences", "block_size", "val_fraction", "seed", "batch_size", "dtype", "device")
+    identity = {"method": method, "model": str(model_dir.resolve()), **{key: getattr(cfg, key) for key in fields}}
+    return SearchCheckpoint(output_dir / SEARCH_STATE / f"{method}.json", identity)
+
+
 def prune(
     cfg: PruneConfig, model_dir: Path, output_dir: Path, name: str = "prune", where: str = "prune"
 ) -> dict[str, float]:
@@ -189,7 +210,8 @@ def prune(
     runs = {}
     for method in names:
         stop = cfg.stop if not runs else StopRule(target_ratio=runs[cfg.method].result.steps[-1].removed_fraction)
-        result = METHODS[method](model, calibration, stop, batch_size=cfg.batch_size)
+        greedy = {"cache_mb": cfg.search_cache_mb, "checkpoint": search_checkpoint(cfg, method, model_dir, output_dir)}
+        result = METHODS[method](model, calibration, stop, batch_size=cfg.batch_size, **(greedy if method in GREEDY else {}))
         runs[method] = MethodRun(result, heldout_curve(evaluator, result))
     chosen = runs[cfg.method].result
     pruned = remove_blocks(copy.deepcopy(model), chosen.order, cfg.export)
@@ -210,6 +232,7 @@ def prune(
         "prune/latency_ms_pruned": small.latency_ms,
         "prune/block_forwards": float(chosen.block_forwards),
         "prune/block_forwards_naive": float(chosen.naive_block_forwards),
+        "prune/block_forwards_official": float(chosen.official_block_forwards),
         **{f"prune/ppl_{m}": run_.heldout_ppl[-1] for m, run_ in runs.items()},
     }
     metadata = {

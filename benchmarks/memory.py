@@ -1,0 +1,16 @@
+"""Peak resident memory of this process, for arms measured in their own subprocess.
+
+``ru_maxrss`` is the wrong number there: Linux carries the high-water mark of the parent's address space across the
+child's exec (the child starts as a copy of the parent), so every arm would report at least the parent's peak.
+``VmHWM`` in /proc/self/status belongs to the address space the exec created, so it starts from nothing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("/proc/self/status has no VmHWM line: peak memory needs Linux")

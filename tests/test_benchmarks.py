@@ -1,0 +1,69 @@
+"""`python -m benchmarks --quick`: every quick comparison runs and the page's generated part is replaced in place."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import main
+from benchmarks.block_pruner_search import Sizes, steps_on_model
+from benchmarks.page import END, START, spread, write_page
+from benchmarks.registry import BENCHMARKS
+from lightning_align.data.corpus import load_texts
+from lightning_align.models.checkpoint import save_model_dir
+from lightning_align.models.tokenizer import train_bpe
+from tests.tiny_decoders import single_thread, tiny_decoder
+
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+
+
+def test_quick_mode_fills_the_page_and_keeps_its_hand_written_part(tmp_path: Path) -> None:
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\nHand-written section.\n")
+    main(["--quick", "--page", str(page)])
+    text = page.read_text()
+    assert text.startswith("# Benchmarks\n\nHand-written section.\n")
+    quick = [name for name, b in BENCHMARKS.items() if "quick" in b.modes]
+    assert all(f"### {name}\n" in text for name in quick)
+    assert "Identical order and perplexities: True" in text
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    this, official = (int(rows[k].split(" | ")[1].replace(",", "")) for k in ("this project", "official (counted)"))
+    assert official > 3 * this, "the quick search does at least 3x fewer block-forwards than the official one"
+    pruned = rows["30%"].split(" | ")
+    assert 0 < float(pruned[2]) < 1, "the pruned model has fewer parameters"
+    if importlib.util.find_spec("trl") is None:
+        assert text.count("| not installed |") == 4
+
+
+def test_rewriting_the_page_replaces_only_the_generated_part(tmp_path: Path) -> None:
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\nBefore.\n")
+    write_page(page, ["first run"], {"one": "old one", "two": "old two"})
+    page.write_text(page.read_text() + "\nAfter.\n")
+    write_page(page, ["second run"], {"two": "new two"})
+    text = page.read_text()
+    assert text.count(START) == 1 and text.count(END) == 1 and "first run" not in text
+    assert text.startswith("# Benchmarks\n\nBefore.\n") and "second run" in text and text.endswith("\nAfter.\n")
+    assert "### one\n\nold one" in text and "### two\n\nnew two" in text and "old two" not in text
+
+
+def test_a_missing_model_directory_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--quick", "--model", str(tmp_path)])
+    assert exit_.value.code == 2 and "no config.json" in capsys.readouterr().err
+
+
+def test_block_pruner_steps_on_a_model_directory(tmp_path: Path) -> None:
+    tokenizer = train_bpe(load_texts("embedded")[:200], 300)
+    model_dir = save_model_dir(tiny_decoder("llama", layers=3, vocab=len(tokenizer)), tokenizer, tmp_path / "m", {})
+    text = steps_on_model(model_dir, Sizes(layers=0, hidden=0, sequences=3, length=16, blocks=2, batch=2))
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith(("| 1 |", "| 2 |", "| all |"))]
+    assert len(rows) == 3
+    # official: a full 6-block forward per candidate, 6 then 5 candidates, 3 sequences
+    assert [int(r[5].replace(",", "")) for r in rows] == [6 * 6 * 3, 5 * 6 * 3, 11 * 6 * 3]
+    assert all(int(r[4].replace(",", "")) < int(r[5].replace(",", "")) for r in rows)
+
+
+def test_spread_is_the_median_with_min_and_max() -> None:
+    assert spread([3.0, 1.0, 2.0]) == "2.00 (1.00-3.00)" and spread([1.5]) == "1.50"
