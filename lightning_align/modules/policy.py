@@ -45,7 +45,7 @@ class PolicyModule(L.LightningModule):
 
     def __init__(self, model: ModelSpec = ModelSpec(), optim: OptimConfig = OptimConfig(lr=1e-4, warmup_steps=0,
                  min_lr_ratio=1.0, weight_decay=0.0), beta: PositiveFloat = 0.1, ipo: bool = False,
-                 max_length: PositiveInt = 64, annotate_batch_size: PositiveInt = 64,
+                 max_length: PositiveInt = 64, annotate_batch_size: PositiveInt = 8,
                  reward_model: Optional[str] = None, reward_refresh: bool = True,
                  reward_quantization: Optional[Quantization] = None) -> None:
         super().__init__()
