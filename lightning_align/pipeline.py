@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 TOP_LEVEL_KEYS = {"run", "model", "data", "trainer", "logger", "pipeline", "stages"}
 # How the run-level model trains, handed to every later stage that trains (not what it is: that is the previous output).
 TRAINING_KEYS = ("lora", "quantization", "gradient_checkpointing")
+# How the run-level model loads, handed to every later stage: its outputs ship the same code (config auto_map).
+LOADING_KEYS = ("trust_remote_code",)
 
 
 def is_rank_zero() -> bool:
@@ -153,8 +155,9 @@ class MultiStageTrainer:
             init_args = model.setdefault("init_args", {})
             run_model = dict(self.config.get("model") or {})
             start = run_model if previous is None else {"path": str(previous)}
-            if trains and previous is not None:
-                start.update({key: run_model[key] for key in TRAINING_KEYS if run_model.get(key) is not None})
+            if previous is not None:
+                handed_on = LOADING_KEYS + TRAINING_KEYS if trains else LOADING_KEYS
+                start.update({key: run_model[key] for key in handed_on if run_model.get(key)})
             init_args["model"] = {**start, **(init_args.get("model") or {})}
         data = config.get("data")
         accepted = init_arg_names(data)

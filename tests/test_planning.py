@@ -72,3 +72,13 @@ def test_lora_is_refused_on_a_stage_that_reshapes_the_model(tmp_path, capsys, lo
     assert line.startswith("error: config key 'stages.prune.model.init_args.model.lora'")
     assert "at stages.prune.trainer.callbacks.0;" in line and "sliced or removed" in line
     assert not tmp_path.joinpath("default").exists()
+
+
+def test_trusting_the_run_models_code_reaches_every_later_stage(tmp_path):
+    """Later stages load the previous stage's output, which ships the same code as the run's model."""
+    def trusted(trainer: MultiStageTrainer) -> dict[str, bool]:
+        return {ctx.name: ctx.config["model"]["init_args"]["model"].get("trust_remote_code", False)
+                for ctx in trainer.stages if "model" in (ctx.config.get("model") or {}).get("init_args", {})}
+
+    assert not any(trusted(_plan(tmp_path)).values())
+    assert all(trusted(_plan(tmp_path, "+model.trust_remote_code=true")).values())
