@@ -1,14 +1,24 @@
 """Lightning strategies that run on CPU (DDP over gloo, 2 processes); GPU-only paths are skipped with a reason."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from lightning_align.callbacks.block_removal import IterativeBlockRemoval
+from lightning_align.callbacks.width_pruning import GradualWidthPruning
+from lightning_align.cli import main
+from lightning_align.errors import ConfigError
+from lightning_align.stages.strategy_check import check_strategy
 from tests.conftest import PRETRAIN_EVALUATE, TINY_OVERRIDES
+from tests.ddp_worker import TARGET_WIDTH
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -34,3 +44,43 @@ def test_fsdp_bf16_on_gpu(tmp_path):
            "trainer.precision=bf16-mixed"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_pruning_callbacks_remove_the_same_structure_on_both_ranks(tmp_path):
+    """Each rank calibrates on its own batches, yet both mask the same neurons and skip the same blocks; rank zero
+    exports the pruned model."""
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("\n\n".join(f"Section {i}: the quick brown fox jumps over lazy dog number {i * 7}." * 3
+                                   for i in range(60)))
+    done = subprocess.run([sys.executable, "-m", "tests.ddp_worker", str(tmp_path), str(corpus)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
+    assert first["calibration"] != second["calibration"], "the ranks must see different batches for this to test"
+    assert first["order"] == second["order"] and len(first["order"]) == 2
+    assert first["keep"] == second["keep"] and {len(keep) for keep in first["keep"]} == {TARGET_WIDTH}
+    exported = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert exported["intermediate_size"] == TARGET_WIDTH
+
+
+@pytest.mark.parametrize("preset, stage, problem", [
+    ("fsdp", "prune", "GradualWidthPruning needs whole weights and gradients on every rank, which fsdp shards"),
+    pytest.param("deepspeed", "enlarge", "deepspeed_stage_2 needs the deepspeed package, which is not installed",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None,
+                                          reason="deepspeed is installed")),
+])
+def test_sharding_presets_are_refused_where_they_cannot_work(tmp_path, capsys, preset, stage, problem):
+    assert main(["run", f"run.dir={tmp_path}", "pipeline=enlarge_prune", f"trainer={preset}"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: config key 'stages.{stage}.trainer.strategy'") and problem in line
+    assert not tmp_path.joinpath("default").exists()
+
+
+def test_block_removal_needs_ddp_to_look_for_unused_parameters():
+    callbacks = [GradualWidthPruning(start_step=0, end_step=2, target_width=8),
+                 IterativeBlockRemoval(num_blocks=1, start_step=0, end_step=2)]
+    with pytest.raises(ConfigError, match="IterativeBlockRemoval skips blocks.*ddp_find_unused_parameters_true"):
+        check_strategy("ddp", callbacks)
+    check_strategy("ddp_find_unused_parameters_true", callbacks)
+    check_strategy("ddp", callbacks[:1])

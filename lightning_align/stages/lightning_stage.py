@@ -15,6 +15,7 @@ from lightning_align.callbacks.stop_on_non_finite import StopOnNonFinite
 from lightning_align.config import RunSection, keys_under, parser_error_to_config_error
 from lightning_align.errors import ConfigError
 from lightning_align.stages.context import StageContext
+from lightning_align.stages.strategy_check import check_strategy
 from lightning_align.stages.trainer_args import build_callbacks, check_callbacks, steps_from_schedule
 
 
@@ -62,7 +63,9 @@ class StageCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        steps_from_schedule(config.trainer, build_callbacks(config.trainer.callbacks))
+        callbacks = build_callbacks(config.trainer.callbacks)
+        check_strategy(config.trainer.strategy, callbacks)
+        steps_from_schedule(config.trainer, callbacks)
 
     def after_fit(self) -> None:
         out = self.config[self.subcommand].export_dir or Path(self.trainer.log_dir or ".") / "model"
