@@ -14,6 +14,8 @@ from lightning_align.callbacks.block_removal import IterativeBlockRemoval
 from lightning_align.callbacks.width_pruning import GradualWidthPruning
 from lightning_align.cli import main
 from lightning_align.errors import ConfigError
+from lightning_align.models.spec import ModelSpec
+from lightning_align.modules.reward import RewardModule
 from lightning_align.stages.strategy_check import check_strategy
 from tests.conftest import PRETRAIN_EVALUATE, TINY_OVERRIDES
 from tests.ddp_worker import TARGET_WIDTH
@@ -53,7 +55,7 @@ def test_pruning_callbacks_remove_the_same_structure_on_both_ranks(tmp_path):
     corpus = tmp_path / "texts.txt"
     corpus.write_text("\n\n".join(f"Section {i}: the quick brown fox jumps over lazy dog number {i * 7}." * 3
                                    for i in range(60)))
-    done = subprocess.run([sys.executable, "-m", "tests.ddp_worker", str(tmp_path), str(corpus)],
+    done = subprocess.run([sys.executable, "-m", "tests.ddp_worker", "prune", str(tmp_path), str(corpus)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     first, second = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
@@ -62,6 +64,29 @@ def test_pruning_callbacks_remove_the_same_structure_on_both_ranks(tmp_path):
     assert first["keep"] == second["keep"] and {len(keep) for keep in first["keep"]} == {TARGET_WIDTH}
     exported = json.loads((tmp_path / "model" / "config.json").read_text())
     assert exported["intermediate_size"] == TARGET_WIDTH
+
+
+@pytest.mark.slow
+def test_a_mutual_taught_round_agrees_on_both_ranks(tmp_path, tiny_lm_dir):
+    """Rank zero samples, selects and refits; each rank trains on its own half of the pairs, and both end the round
+    with the same table, policy and reward model."""
+    reward_model = RewardModule(ModelSpec(path=str(tiny_lm_dir)))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        torch.nn.init.normal_(reward_model.model.score.weight, std=0.5)
+    r0 = reward_model.export(tmp_path / "r0")
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run([sys.executable, "-m", "tests.ddp_worker", "rounds", str(out), str(tiny_lm_dir), str(r0)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = (json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1))
+    assert len(first["batches"]) == len(second["batches"]) == 2, "8 pair slots, 2 ranks, batches of 2"
+    assert first["batches"] != second["batches"]
+    assert first["rows"] == second["rows"] and [row["round"] for row in first["rows"]] == [1]
+    assert first["rows"][0]["m_pairs"] > 0, "the reward model was refitted"
+    assert first["policy"] == second["policy"] and first["reward_model"] == second["reward_model"]
+    assert (out / "model" / "config.json").is_file()
 
 
 @pytest.mark.parametrize("preset, stage, problem", [
