@@ -26,6 +26,7 @@ from lightning_align.interrupt import sigint_raises_interrupted
 from lightning_align.models.blocks import check_model_type
 from lightning_align.models.checkpoint import read_model_type
 from lightning_align.models.spec import ModelSpec
+from lightning_align.rank_zero import run_on_rank_zero
 from lightning_align.run_lock import remove_stale_temps, run_lock
 from lightning_align.stage_identity import InputHashes, stage_identity
 from lightning_align.stages import ACTIONS, StageContext
@@ -176,7 +177,8 @@ class MultiStageTrainer:
         action = self.config["pipeline"]["stages"][ctx.name]
         log.info("stage %s (%s) -> %s", ctx.name, action, ctx.output_dir)
         try:
-            metrics = ACTIONS[action].run(ctx)
+            run = ACTIONS[action].run  # a Lightning stage runs on every rank; the others on rank zero alone
+            metrics = run(ctx) if ACTIONS[action].lightning else run_on_rank_zero(lambda: run(ctx))
         except Interrupted:
             raise Interrupted(ctx.name) from None
         except NonFiniteError as err:

@@ -25,17 +25,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_pipeline_under_ddp_two_gloo_processes(tmp_path):
-    """Both ranks join each stage; rank zero alone writes outputs, and the next stage starts from them."""
+    """Both ranks join each Lightning stage, rank zero alone runs the training-free prune stage; rank zero alone
+    writes outputs, and the next stage starts from them."""
     cmd = [sys.executable, "-m", "lightning_align", "run", f"run.dir={tmp_path}", "run.name=ddp", *TINY_OVERRIDES,
-           *PRETRAIN_EVALUATE,
-           "trainer.strategy=ddp", "trainer.devices=2", "stages.pretrain.trainer.max_steps=6",
-           "stages.pretrain.trainer.val_check_interval=3"]
+           "pipeline=pretrain_prune", "trainer.strategy=ddp", "trainer.devices=2",
+           "stages.pretrain.trainer.max_steps=6", "stages.pretrain.trainer.val_check_interval=3",
+           "stages.prune.num_sequences=4", "stages.prune.block_size=32", "stages.prune.compare=false",
+           "stages.prune.latency_repeats=1"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Starting with 2 processes" in done.stderr + done.stdout
+    assert (done.stderr + done.stdout).count("| pruned / dense |") == 1, "the prune stage ran once"
     state = json.loads((tmp_path / "ddp" / "state.json").read_text())["done"]
-    assert list(state) == ["pretrain", "evaluate"]
+    assert list(state) == ["pretrain", "prune", "evaluate"]
     assert state["pretrain"]["metrics"]["val/ppl"] < state["pretrain"]["metrics"]["val/ppl_start"]
+    assert (tmp_path / "ddp" / "prune" / "config.json").is_file()
 
 
 @pytest.mark.gpu
