@@ -46,8 +46,7 @@ def test_pipeline_under_ddp_two_gloo_processes(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16-mixed and FSDP need a CUDA device")
 def test_fsdp_bf16_on_gpu(tmp_path):
     cmd = [sys.executable, "-m", "lightning_align", "run", f"run.dir={tmp_path}", *TINY_OVERRIDES, *PRETRAIN_EVALUATE,
-           "trainer.accelerator=gpu", f"trainer.devices={torch.cuda.device_count()}", "trainer.strategy=fsdp",
-           "trainer.precision=bf16-mixed"]
+           "trainer=fsdp"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -93,23 +92,31 @@ def test_a_mutual_taught_round_agrees_on_both_ranks(tmp_path, tiny_lm_dir):
     assert (out / "model" / "config.json").is_file()
 
 
-@pytest.mark.parametrize("preset, stage, problem", [
-    ("fsdp", "prune", "GradualWidthPruning needs whole weights and gradients on every rank, which fsdp shards"),
-    pytest.param("deepspeed", "enlarge", "deepspeed_stage_2 needs the deepspeed package, which is not installed",
-                 marks=pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None,
-                                          reason="deepspeed is installed")),
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+
+
+@pytest.mark.parametrize("overrides, key, problem", [
+    pytest.param(["trainer=fsdp"], "trainer.accelerator", "gpu needs a CUDA device and this machine has none",
+                 marks=NO_CUDA),
+    (["trainer=fsdp", "trainer.accelerator=cpu"], "trainer.strategy", "fsdp runs on GPUs only"),
+    pytest.param(["trainer=deepspeed"], "trainer.strategy", "deepspeed_stage_2 needs the deepspeed package, which is "
+                 "not installed", marks=pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None,
+                                                           reason="deepspeed is installed")),
 ])
-def test_sharding_presets_are_refused_where_they_cannot_work(tmp_path, capsys, preset, stage, problem):
-    assert main(["run", f"run.dir={tmp_path}", "pipeline=enlarge_prune", f"trainer={preset}"]) == 2
+def test_presets_are_refused_at_planning_where_they_cannot_run(tmp_path, capsys, overrides, key, problem):
+    assert main(["run", f"run.dir={tmp_path}", "pipeline=enlarge_prune", *overrides]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith(f"error: config key 'stages.{stage}.trainer.strategy'") and problem in line
+    assert line.startswith(f"error: config key 'stages.enlarge.{key}'") and problem in line
     assert not tmp_path.joinpath("default").exists()
 
 
-def test_block_removal_needs_ddp_to_look_for_unused_parameters():
-    callbacks = [GradualWidthPruning(start_step=0, end_step=2, target_width=8),
-                 IterativeBlockRemoval(num_blocks=1, start_step=0, end_step=2)]
+def test_pruning_callbacks_are_refused_under_strategies_they_cannot_run_under():
+    width = GradualWidthPruning(start_step=0, end_step=2, target_width=8)
+    blocks = IterativeBlockRemoval(num_blocks=1, start_step=0, end_step=2)
+    for strategy in ("fsdp", {"class_path": "lightning.pytorch.strategies.FSDPStrategy"}):
+        with pytest.raises(ConfigError, match="needs whole weights and gradients on every rank"):
+            check_strategy(strategy, "gpu", [width])
     with pytest.raises(ConfigError, match="IterativeBlockRemoval skips blocks.*ddp_find_unused_parameters_true"):
-        check_strategy("ddp", callbacks)
-    check_strategy("ddp_find_unused_parameters_true", callbacks)
-    check_strategy("ddp", callbacks[:1])
+        check_strategy("ddp", "cpu", [width, blocks])
+    check_strategy("ddp_find_unused_parameters_true", "cpu", [width, blocks])
+    check_strategy("ddp", "cpu", [width])

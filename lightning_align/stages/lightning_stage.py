@@ -64,7 +64,7 @@ class StageCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         callbacks = build_callbacks(config.trainer.callbacks)
-        check_strategy(config.trainer.strategy, callbacks)
+        check_strategy(config.trainer.strategy, config.trainer.accelerator, callbacks)
         steps_from_schedule(config.trainer, callbacks)
 
     def after_fit(self) -> None:

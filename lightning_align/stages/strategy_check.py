@@ -1,6 +1,6 @@
-"""Strategies a stage cannot train under, refused with one line before anything is built.
+"""Strategies and accelerators a stage cannot train with, refused with one line before anything is built.
 
-DeepSpeed is an optional package. The reshaping callbacks read whole weights and gradients on every rank: FSDP and
+A GPU accelerator needs a CUDA device; FSDP and DeepSpeed run on GPUs only; DeepSpeed is an optional package. The reshaping callbacks read whole weights and gradients on every rank: FSDP and
 DeepSpeed hold shards of them (FSDP's `weight.grad` is not the full gradient, DeepSpeed keeps gradients in its own
 buffers), so width scores would silently come out zero and block scores would run on sharded layers. Plain DDP
 errors on the first step after a block is skipped (its parameters get no gradient) unless DDP looks for unused
@@ -12,6 +12,7 @@ import importlib.util
 from typing import Any
 
 import lightning as L
+import torch
 
 from lightning_align.callbacks.block_removal import IterativeBlockRemoval
 from lightning_align.callbacks.width_pruning import GradualWidthPruning
@@ -19,6 +20,7 @@ from lightning_align.errors import ConfigError
 
 SHARDING = ("fsdp", "deepspeed")
 DDP_WITHOUT_UNUSED = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+GPU_ACCELERATORS = ("gpu", "cuda")
 
 
 def strategy_name(strategy: Any) -> str:
@@ -29,8 +31,8 @@ def strategy_name(strategy: Any) -> str:
     return str(class_path).rpartition(".")[2].lower()
 
 
-def check_strategy(strategy: Any, callbacks: list[L.Callback]) -> None:
-    """Raise `ConfigError` on `trainer.strategy` when this stage's callbacks cannot run under it."""
+def check_strategy(strategy: Any, accelerator: Any, callbacks: list[L.Callback]) -> None:
+    """Raise `ConfigError` on `trainer.strategy` or `trainer.accelerator` when this stage cannot run with them here."""
     name = strategy_name(strategy)
     if name.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
         raise ConfigError("trainer.strategy", f"{name} needs the deepspeed package, which is not installed")
@@ -41,3 +43,9 @@ def check_strategy(strategy: Any, callbacks: list[L.Callback]) -> None:
     if name in DDP_WITHOUT_UNUSED and any(isinstance(c, IterativeBlockRemoval) for c in callbacks):
         raise ConfigError("trainer.strategy", f"IterativeBlockRemoval skips blocks, whose parameters then get no "
                           f"gradient, which {name} rejects: use strategy=ddp_find_unused_parameters_true")
+    device = accelerator.lower() if isinstance(accelerator, str) else "auto"
+    if name.startswith(SHARDING) and device == "cpu":
+        raise ConfigError("trainer.strategy", f"{name} runs on GPUs only, and trainer.accelerator is cpu")
+    if device in GPU_ACCELERATORS and not torch.cuda.is_available():
+        raise ConfigError("trainer.accelerator", f"{device} needs a CUDA device and this machine has none: "
+                          "use accelerator=cpu")
