@@ -67,16 +67,20 @@ class RecordRounds(L.Callback):
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
+def two_ranks(strategy: str, callbacks: list[dict], **limits: int) -> dict:
+    """A trainer section: 2 gloo processes on CPU, no logger, no validation, `callbacks` in that order."""
+    return {"accelerator": "cpu", "devices": 2, "strategy": strategy, "logger": False, "enable_progress_bar": False,
+            "enable_model_summary": False, "limit_val_batches": 0, "callbacks": callbacks, **limits}
+
+
 def rounds_config(out: str, policy: str, reward_model: str) -> dict:
     sampling = {"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0}
     return {
-        "trainer": {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_epochs": 1, "logger": False,
-                    "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0,
-                    "callbacks": [
-                        {"class_path": "lightning_align.callbacks.mutual_taught_rounds.MutualTaughtRounds",
-                         "init_args": {"num_samples": 3, "sampling": sampling, "tau": 0.0, "checkpoints": 2,
-                                       "fit": {"epochs": 1, "batch_size": 8}}},
-                        {"class_path": "tests.ddp_worker.RecordRounds", "init_args": {"out": out}}]},
+        "trainer": two_ranks("ddp", [
+            {"class_path": "lightning_align.callbacks.mutual_taught_rounds.MutualTaughtRounds",
+             "init_args": {"num_samples": 3, "sampling": sampling, "tau": 0.0, "checkpoints": 2,
+                           "fit": {"epochs": 1, "batch_size": 8}}},
+            {"class_path": "tests.ddp_worker.RecordRounds", "init_args": {"out": out}}], max_epochs=1),
         "model": {"class_path": "lightning_align.modules.policy.PolicyModule",
                   "init_args": {"model": {"path": policy}, "reward_model": reward_model, "beta": 0.5,
                                 "max_length": 32, "optim": {"lr": 5.0e-3, "warmup_steps": 0, "min_lr_ratio": 1.0}}},
@@ -88,14 +92,12 @@ def rounds_config(out: str, policy: str, reward_model: str) -> dict:
 def prune_config(out: str, corpus: str) -> dict:
     window = {"start_step": 0, "end_step": 6, "every_n_steps": 2}
     return {
-        "trainer": {"accelerator": "cpu", "devices": 2, "strategy": "ddp_find_unused_parameters_true", "max_steps": 8, "logger": False,
-                    "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0,
-                    "callbacks": [
-                        {"class_path": "lightning_align.callbacks.width_pruning.GradualWidthPruning",
-                         "init_args": {"target_width": TARGET_WIDTH, **window}},
-                        {"class_path": "lightning_align.callbacks.block_removal.IterativeBlockRemoval",
-                         "init_args": {"num_blocks": 2, "calibration_batches": 2, **window}},
-                        {"class_path": "tests.ddp_worker.RecordStructure", "init_args": {"out": out}}]},
+        "trainer": two_ranks("ddp_find_unused_parameters_true", [
+            {"class_path": "lightning_align.callbacks.width_pruning.GradualWidthPruning",
+             "init_args": {"target_width": TARGET_WIDTH, **window}},
+            {"class_path": "lightning_align.callbacks.block_removal.IterativeBlockRemoval",
+             "init_args": {"num_blocks": 2, "calibration_batches": 2, **window}},
+            {"class_path": "tests.ddp_worker.RecordStructure", "init_args": {"out": out}}], max_steps=8),
         "model": {"class_path": "lightning_align.modules.student.StudentModule",
                   "init_args": {"model": SPEC, "optim": {"lr": 1.0e-2}}},
         "data": {"class_path": "lightning_align.data.lm_datamodule.LMDataModule",

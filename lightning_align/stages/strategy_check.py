@@ -1,10 +1,10 @@
 """Strategies and accelerators a stage cannot train with, refused with one line before anything is built.
 
-A GPU accelerator needs a CUDA device; FSDP and DeepSpeed run on GPUs only; DeepSpeed is an optional package. The reshaping callbacks read whole weights and gradients on every rank: FSDP and
-DeepSpeed hold shards of them (FSDP's `weight.grad` is not the full gradient, DeepSpeed keeps gradients in its own
-buffers), so width scores would silently come out zero and block scores would run on sharded layers. Plain DDP
-errors on the first step after a block is skipped (its parameters get no gradient) unless DDP looks for unused
-parameters.
+A GPU accelerator needs a CUDA device; FSDP and DeepSpeed run on GPUs only; DeepSpeed is an optional package.
+The reshaping callbacks read whole weights and gradients on every rank: FSDP and DeepSpeed hold shards of them
+(FSDP's `weight.grad` is not the full gradient, DeepSpeed keeps gradients in its own buffers), so width scores would
+silently come out zero and block scores would run on sharded layers. Plain DDP errors on the first step after a
+block is skipped (its parameters get no gradient) unless DDP looks for unused parameters.
 """
 from __future__ import annotations
 
