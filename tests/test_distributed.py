@@ -36,6 +36,7 @@ def test_pipeline_under_ddp_two_gloo_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Starting with 2 processes" in done.stderr + done.stdout
     assert (done.stderr + done.stdout).count("| pruned / dense |") == 1, "the prune stage ran once"
+    assert "Traceback" not in done.stderr, "no rank may fail, rank zero's exit code alone would not say"
     state = json.loads((tmp_path / "ddp" / "state.json").read_text())["done"]
     assert list(state) == ["pretrain", "prune", "evaluate"]
     assert state["pretrain"]["metrics"]["val/ppl"] < state["pretrain"]["metrics"]["val/ppl_start"]
