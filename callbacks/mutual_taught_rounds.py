@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, replace
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
@@ -15,20 +15,7 @@ from lightning_align.algorithms.mutual_taught import (
 from lightning_align.algorithms.reward_training import RewardFitConfig
 from lightning_align.algorithms.sampling import SamplingConfig
 from lightning_align.errors import ConfigError
-
-T = TypeVar("T")
-
-
-def _on_rank_zero(trainer: L.Trainer, compute: Callable[[], T]) -> T:
-    """`compute()` run by rank zero alone and its result sent to every rank (a single process just runs it).
-
-    Sampling and the RM refit are then made once, and every rank trains on the same pairs and continues with the same
-    policy and reward model, whatever the ranks' floating-point or RNG differences.
-    """
-    if trainer.world_size == 1:
-        return compute()
-    return trainer.strategy.broadcast(compute() if trainer.is_global_zero else None, src=0)
-
+from lightning_align.rank_zero import run_on_rank_zero
 
 def _snapshot(pl_module: L.LightningModule) -> State:
     """A CPU copy of the policy: k+1 of them live through a round, which device memory need not hold."""
@@ -116,7 +103,7 @@ class MutualTaughtRounds(L.Callback):
             pl_module.annotate(start.pairs)
             return start
 
-        self._start = _on_rank_zero(trainer, annotated_start)
+        self._start = run_on_rank_zero(annotated_start)
         data.set_round_pairs(self._start.pairs)
         self._start_state, self._snapshots = _snapshot(pl_module), []
 
@@ -149,7 +136,7 @@ class MutualTaughtRounds(L.Callback):
             end = compute()
             return replace(end, reward_model=None), None if end.reward_model is None else end.reward_model.state_dict()
 
-        end, reward_state = _on_rank_zero(trainer, decide)
+        end, reward_state = run_on_rank_zero(decide)
         pl_module.model.load_state_dict(self._start_state if end.stopped else self._snapshots[end.checkpoint])
         if reward_state is not None:
             end.reward_model = base_reward_model()

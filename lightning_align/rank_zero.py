@@ -1,7 +1,8 @@
 """Work done once in a multi-process run: rank zero does it, the other ranks wait and receive its result.
 
 The training-free stages (`prune`, `generate`) write their output directory themselves; under DDP every rank runs
-the pipeline, so without this each rank would search, time and write the same directory at once.
+the pipeline, so without this each rank would search, time and write the same directory at once. A Mutual-Taught
+round samples and refits the reward model here too, so every rank trains on the same pairs with the same r_t.
 """
 from __future__ import annotations
 

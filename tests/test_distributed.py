@@ -93,6 +93,18 @@ def test_a_mutual_taught_round_agrees_on_both_ranks(tmp_path, tiny_lm_dir):
     assert (out / "model" / "config.json").is_file()
 
 
+def test_rank_zero_work_reaches_every_rank_and_so_does_its_failure(tmp_path):
+    """A training-free stage or a round's sampling runs on rank zero; if it fails, the other ranks must stop with its
+    message rather than wait for a result forever."""
+    done = subprocess.run([sys.executable, "-m", "tests.rank_zero_worker", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
+    assert first["value"] == second["value"] == "computed by rank 0"
+    assert first["error"] == "ConfigError: config key 'stages.prune.model': no such model"
+    assert second["error"] == "LightningAlignError: rank zero stopped: config key 'stages.prune.model': no such model"
+
+
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 
 
