@@ -7,14 +7,20 @@ the most recent training batches), given the blocks already skipped. How many bl
 same cubic schedule as width pruning. Skipped blocks are masked (`models.blocks.set_skipped`), so shapes and optimizer
 state stay fixed; `on_train_end` removes them (`models.blocks.remove_blocks`), to be saved as `export` says
 (`compact`, or `dense_compatible`: zeroed sublayers plain transformers loads exactly; see docs/pruning.md).
+
+Under DDP each rank calibrates on its own shard of the batches: the candidates' NLL sums are pooled over all ranks
+(`pooled_perplexities`), so every rank removes the same block, scored on every rank's batches. A skipped block's
+parameters get no gradient, so plain `ddp` is refused at planning in favour of `ddp_find_unused_parameters_true`.
 """
 from __future__ import annotations
 
+import math
 from collections import deque
-from typing import Any
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import Strategy
 from torch import nn
 
 from lightning_align.algorithms.block_pruner import BlockRunner
@@ -23,10 +29,27 @@ from lightning_align.errors import ConfigError
 from lightning_align.models.blocks import Block, Export, all_blocks, remove_blocks, set_skipped, skipped_blocks
 
 
-def next_block(model: nn.Module, calibration: torch.Tensor, skipped: set[Block], batch_size: int = 8) -> Block:
-    """The block BlockPruner's greedy search removes next, given `skipped` are already gone (ties: earliest)."""
+def pooled_perplexities(perplexities: list[float], sequences: int, strategy: Strategy) -> list[float]:
+    """Each candidate's perplexity over the calibration sequences of every rank.
+
+    Every rank's NLL sums (log perplexity x its sequence count) and counts are gathered and summed in rank order, so
+    all ranks compute the same floats from the same numbers and pick the same block.
+    """
+    local = torch.tensor([math.log(ppl) * sequences for ppl in perplexities] + [sequences], dtype=torch.float64)
+    totals = strategy.all_gather(local).reshape(-1, local.numel()).sum(0).tolist()
+    return [math.exp(total / totals[-1]) for total in totals[:-1]]
+
+
+def next_block(model: nn.Module, calibration: torch.Tensor, skipped: set[Block], batch_size: int = 8,
+               strategy: Optional[Strategy] = None) -> Block:
+    """The block BlockPruner's greedy search removes next, given `skipped` are already gone (ties: earliest).
+
+    With the `strategy` of a multi-process run, each rank scores its own `calibration` and the scores are pooled.
+    """
     candidates = [(block,) for block in all_blocks(model) if block not in skipped]
     scores = BlockRunner(model, calibration, batch_size).score_candidates(skipped, candidates, reuse_prefix=True)
+    if strategy is not None:
+        scores = pooled_perplexities(scores, calibration.size(0), strategy)
     return candidates[min(range(len(candidates)), key=lambda i: (scores[i], i))][0]
 
 
@@ -74,18 +97,19 @@ class IterativeBlockRemoval(pl.Callback):
                            batch_idx: int) -> None:
         step = trainer.global_step
         if step % self.every_n_steps == 0 or step >= self.end_step:
-            self._remove_until(pl_module.model, self.removed_at(step))
+            self._remove_until(trainer, pl_module.model, self.removed_at(step))
         pl_module.log("prune/blocks_removed", float(len(self.order)), on_step=True, on_epoch=False)
 
-    def _remove_until(self, model: nn.Module, count: int) -> None:
+    def _remove_until(self, trainer: pl.Trainer, model: nn.Module, count: int) -> None:
         while len(self.order) < count:
             calibration = torch.cat(list(self.calibration))
-            self.order.append(next_block(model, calibration, set(self.order)))
+            strategy = trainer.strategy if trainer.world_size > 1 else None
+            self.order.append(next_block(model, calibration, set(self.order), strategy=strategy))
             set_skipped(model, self.order)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Reach `num_blocks` even if the stage stopped inside the window, then cut the skipped blocks out."""
-        self._remove_until(pl_module.model, self.num_blocks)
+        self._remove_until(trainer, pl_module.model, self.num_blocks)
         skipped = skipped_blocks(pl_module.model)
         set_skipped(pl_module.model, [])
         remove_blocks(pl_module.model, skipped, self.export)

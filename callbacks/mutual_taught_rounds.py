@@ -1,8 +1,8 @@
 """Mutual-Taught rounds (arXiv 2506.06292) driven through Lightning: one epoch of the stage is one round."""
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Any, Optional
+from dataclasses import asdict, replace
+from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
@@ -15,7 +15,7 @@ from lightning_align.algorithms.mutual_taught import (
 from lightning_align.algorithms.reward_training import RewardFitConfig
 from lightning_align.algorithms.sampling import SamplingConfig
 from lightning_align.errors import ConfigError
-
+from lightning_align.rank_zero import run_on_rank_zero
 
 def _snapshot(pl_module: L.LightningModule) -> State:
     """A CPU copy of the policy: k+1 of them live through a round, which device memory need not hold."""
@@ -38,6 +38,10 @@ class MutualTaughtRounds(L.Callback):
     round finishes it exactly as an uninterrupted run would (from a round's last batch, Lightning calls neither that
     round's end nor the next one's start: `on_train_start` does both). Read-only for other callbacks:
     `round_rows()`, `finished_rounds` and `ranking_reward_model` (r_{t-1}, the RM the round ranks and selects with).
+
+    Under DDP, rank zero alone samples, ranks, annotates, selects the checkpoint and refits the RM; the round's pairs,
+    the selection and r_t's weights are broadcast, and every rank trains on its shard of the pairs
+    (`RoundPromptsDataModule`). DDP keeps the policy snapshots equal on every rank, so each loads π_t from its own.
     """
 
     def __init__(self, num_samples: PositiveInt = 4, sampling: SamplingConfig = SamplingConfig(),
@@ -92,9 +96,14 @@ class MutualTaughtRounds(L.Callback):
             return  # started already (a resume from the previous round's last batch)
         data, self.ranking_reward_model = trainer.datamodule, pl_module.reward_model
         self._round = trainer.current_epoch
-        self._start = start_round(pl_module.model, pl_module.reward_model, pl_module.tokenizer, data.splits,
-                                  self._round, self.config)
-        pl_module.annotate(self._start.pairs)
+
+        def annotated_start() -> RoundStart:
+            start = start_round(pl_module.model, pl_module.reward_model, pl_module.tokenizer, data.splits,
+                                self._round, self.config)
+            pl_module.annotate(start.pairs)
+            return start
+
+        self._start = run_on_rank_zero(annotated_start)
         data.set_round_pairs(self._start.pairs)
         self._start_state, self._snapshots = _snapshot(pl_module), []
 
@@ -107,14 +116,32 @@ class MutualTaughtRounds(L.Callback):
         self._end_round(trainer, pl_module)
 
     def _end_round(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        end = end_round(pl_module.model, self._snapshots, self._start_state, pl_module.reward_model,
-                        pl_module.tokenizer, trainer.datamodule.splits, self._round, self._start,
-                        self.config, lambda: pl_module.load_base_reward_model().to(pl_module.device))
+        base_reward_model = lambda: pl_module.load_base_reward_model().to(pl_module.device)  # noqa: E731
+        compute = lambda: end_round(pl_module.model, self._snapshots, self._start_state,  # noqa: E731
+                                    pl_module.reward_model, pl_module.tokenizer, trainer.datamodule.splits,
+                                    self._round, self._start, self.config, base_reward_model)
+        end = compute() if trainer.world_size == 1 else self._end_from_rank_zero(trainer, pl_module, compute,
+                                                                                  base_reward_model)
         self._rows.append(self._row(self._round, self._start, end))
         if end.reward_model is not None:
             pl_module.reward_model = end.reward_model
         trainer.should_stop = trainer.should_stop or end.stopped
         self._start, self._start_state, self._snapshots = None, {}, []
+
+    def _end_from_rank_zero(self, trainer: L.Trainer, pl_module: L.LightningModule, compute: Callable[[], RoundEnd],
+                            base_reward_model: Callable[[], torch.nn.Module]) -> RoundEnd:
+        """Rank zero's round end on every rank: its outcome and r_t's weights are broadcast; π_t is loaded from the
+        rank's own snapshot (equal on every rank under DDP) and r_t rebuilt from r_0 with the broadcast weights."""
+        def decide() -> tuple[RoundEnd, Optional[State]]:
+            end = compute()
+            return replace(end, reward_model=None), None if end.reward_model is None else end.reward_model.state_dict()
+
+        end, reward_state = run_on_rank_zero(decide)
+        pl_module.model.load_state_dict(self._start_state if end.stopped else self._snapshots[end.checkpoint])
+        if reward_state is not None:
+            end.reward_model = base_reward_model()
+            end.reward_model.load_state_dict(reward_state)
+        return end
 
     @staticmethod
     def _row(round_index: int, start: RoundStart, end: RoundEnd) -> dict[str, Any]:

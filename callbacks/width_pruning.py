@@ -6,6 +6,10 @@ its cubic schedule between `start_step` and `end_step` (stage-local optimizer st
 are masked, so parameter and Adam-moment shapes never change; when training ends the masks become surgery
 (`slice_mlp_widths`), which slices the optimizer's AdamW moments with the same keep indices, so a stage that carries
 its optimizer state (`StudentModule(carry_optimizer_state=True)`) hands on moments shaped like the smaller model.
+
+In a multi-process run each step's sensitivities are averaged over the ranks before they enter the EMA, so every
+rank keeps the same scores and masks the same neurons (DDP's gradients are averaged already, but a rank must not
+depend on that). Under FSDP a rank holds only a shard of each gradient: width pruning is refused there at planning.
 """
 from __future__ import annotations
 
@@ -67,7 +71,8 @@ class GradualWidthPruning(pl.Callback):
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
-        self.pruner.accumulate()
+        reduce = (lambda scores: trainer.strategy.reduce(scores, reduce_op="mean")) if trainer.world_size > 1 else None
+        self.pruner.accumulate(reduce)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

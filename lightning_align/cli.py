@@ -85,11 +85,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from lightning_align.pipeline import MultiStageTrainer
+    from lightning_align.pipeline import MultiStageTrainer, is_rank_zero
     from lightning_align.run_config import compose
 
     trainer = MultiStageTrainer(compose(args.config_path, args.config_name, args.overrides))
     results = trainer.run()
+    if not is_rank_zero():  # rank zero writes state.json and the report, so it alone summarises them
+        return
     print(f"\nrun directory: {trainer.run_dir}")
     for stage, metrics in results.items():
         shown = ", ".join(f"{k}={'null' if v is None else format(v, '.4g')}" for k, v in sorted(metrics.items()))

@@ -27,6 +27,7 @@ from lightning_align.models.blocks import check_model_type
 from lightning_align.models.checkpoint import read_model_type
 from lightning_align.models.loading import model_dir_problem
 from lightning_align.models.spec import ModelSpec
+from lightning_align.rank_zero import run_on_rank_zero
 from lightning_align.run_lock import remove_stale_temps, run_lock
 from lightning_align.run_state import read_state
 from lightning_align.stage_identity import InputHashes, stage_identity
@@ -203,7 +204,8 @@ class MultiStageTrainer:
         action = self.config["pipeline"]["stages"][ctx.name]
         log.info("stage %s (%s) -> %s", ctx.name, action, ctx.output_dir)
         try:
-            metrics = ACTIONS[action].run(ctx)
+            run = ACTIONS[action].run  # a Lightning stage runs on every rank; the others on rank zero alone
+            metrics = run(ctx) if ACTIONS[action].lightning else run_on_rank_zero(lambda: run(ctx))
         except Interrupted:
             raise Interrupted(ctx.name) from None
         except NonFiniteError as err:

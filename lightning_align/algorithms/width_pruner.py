@@ -12,7 +12,7 @@ fixed during the stage; `keep_indices()` then feeds `lightning_align.models.mlp_
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Callable, Literal, Optional
 
 import torch
 from torch import nn
@@ -93,9 +93,14 @@ class WidthPruner:
             return (args[0] * self.masks[layer].to(args[0].dtype),) + args[1:]
         return hook
 
-    def accumulate(self) -> None:
-        """Fold the current gradients' sensitivity into the EMA; call after backward, before the optimizer step."""
+    def accumulate(self, reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
+        """Fold the current gradients' sensitivity into the EMA; call after backward, before the optimizer step.
+
+        `reduce` combines the fresh [layers, width] sensitivities of all processes of a distributed run.
+        """
         fresh = torch.stack([neuron_sensitivity(mlp) for mlp in self.mlps])
+        if reduce is not None:
+            fresh = reduce(fresh)
         self.scores.mul_(self.beta).add_(fresh.to(self.scores.device), alpha=1.0 - self.beta)
 
     def kept_widths(self) -> list[int]:

@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterator, Optional
 import lightning as L
 import torch
 from jsonargparse.typing import PositiveInt
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_align.algorithms.mutual_taught import PromptSplits, split_prompts
 from lightning_align.data.gold_task import task_prompts
@@ -26,6 +26,7 @@ class RoundPromptsDataModule(L.LightningDataModule):
     the round's pairs before the first batch (prompts without a preference leave their slot to a repeated pair).
     Pairs are truncated to the policy's `max_length`, the length its reference log-probs were computed at.
     The batch order is drawn from one generator seeded by `seed`; the loader resumes at any batch (`RoundLoader`).
+    Under DDP every rank draws the same order and trains on its own share of it (`RankShare`).
     """
 
     def __init__(self, prompts: str = GOLD, policy_prompts: PositiveInt = 64, reward_prompts: PositiveInt = 64,
@@ -64,7 +65,7 @@ class RoundPromptsDataModule(L.LightningDataModule):
         module = self.trainer.lightning_module
         self.loader = RoundLoader(self.train_set, self.batch_size, self.seed, lambda: self.trainer.current_epoch,
                                   lambda records: collate_pairs(module.tokenizer, records, module.max_length),
-                                  self._resume)
+                                  self._resume, (self.trainer.global_rank, self.trainer.world_size))
         return self.loader
 
     def state_dict(self) -> dict[str, Any]:
@@ -85,12 +86,16 @@ class RoundLoader(DataLoader):
     checkpoint is taken are those trained on, and nothing is drawn after them. (The datamodule, not the loader,
     carries this state: Lightning builds the loader to count steps before it restores a loader's own state, and
     then never does.)
+
+    `rank` is (global rank, world size): with several processes each iterates its `RankShare` of the order.
     """
 
     def __init__(self, dataset: PairSlots, batch_size: int, seed: int, round_index: Callable[[], int],
                  collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]],
-                 resume: Optional[dict[str, Any]] = None) -> None:
-        super().__init__(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
+                 resume: Optional[dict[str, Any]] = None, rank: tuple[int, int] = (0, 1)) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        share = RankShare(dataset, generator, *rank) if rank[1] > 1 else None
+        super().__init__(dataset, batch_size=batch_size, shuffle=share is None, sampler=share, generator=generator,
                          collate_fn=collate_fn)
         self.round_index, self.resume = round_index, resume
         self.round, self.served, self.before = -1, 0, self.generator.get_state()
@@ -109,3 +114,21 @@ class RoundLoader(DataLoader):
             if index >= skip:
                 self.served = index + 1
                 yield batch
+
+
+class RankShare(DistributedSampler):
+    """One rank's share of a shuffled order drawn from the loader's generator, which every rank seeds alike.
+
+    A `DistributedSampler` (so Lightning does not replace it) whose order comes from the generator the loader resumes
+    from, not from a seed and an epoch: every rank draws the same permutation, padded by repetition to a multiple of
+    the world size as `DistributedSampler` pads, and takes every `world_size`-th index from its rank on.
+    """
+
+    def __init__(self, dataset: PairSlots, generator: torch.Generator, rank: int, world_size: int) -> None:
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+        self.generator = generator
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(len(self.dataset), generator=self.generator).tolist()
+        order += order[:self.total_size - len(order)]
+        return iter(order[self.rank:self.total_size:self.num_replicas])

@@ -16,6 +16,7 @@ from lightning_align.config import RunSection, keys_under, parser_error_to_confi
 from lightning_align.data.text_file import read_utf8
 from lightning_align.errors import ConfigError
 from lightning_align.stages.context import StageContext
+from lightning_align.stages.strategy_check import check_strategy
 from lightning_align.stages.trainer_args import (
     build_callbacks, check_callbacks, check_trainer, quiet_lightning, steps_from_schedule,
 )
@@ -65,7 +66,9 @@ class StageCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        steps_from_schedule(config.trainer, build_callbacks(config.trainer.callbacks))
+        callbacks = build_callbacks(config.trainer.callbacks)
+        check_strategy(config.trainer.strategy, config.trainer.accelerator, callbacks)
+        steps_from_schedule(config.trainer, callbacks)
         check_trainer(config.trainer)
 
     def after_fit(self) -> None:
