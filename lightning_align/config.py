@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from jsonargparse import ArgumentParser
+from jsonargparse.typing import NonNegativeInt
 
 from lightning_align.errors import ConfigError
 
@@ -66,11 +67,13 @@ def parser_error_to_config_error(err: Exception, prefix: str = "", file: str | N
 
 @dataclass(frozen=True)
 class RunSection:
-    """Where a pipeline run lives (`<dir>/<name>/`) and the seed every stage starts from."""
+    """Where a pipeline run lives (`<dir>/<name>/`), the seed every stage starts from, and how often a training
+    stage writes the checkpoint a killed run resumes from (`checkpoint_every_n_steps` optimizer steps; 0: never)."""
 
     name: str = "default"
     dir: str = "runs"
     seed: int = 42
+    checkpoint_every_n_steps: NonNegativeInt = 0
 
     def __post_init__(self) -> None:
         """A re-run deletes and replaces stage directories under `<dir>/<name>/`, so the name must stay inside `dir`:

@@ -8,6 +8,7 @@ finished stages and a change anywhere reruns exactly the stages that depend on i
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from lightning_align.models.blocks import check_model_type
 from lightning_align.models.checkpoint import read_model_type
 from lightning_align.models.spec import ModelSpec
 from lightning_align.run_lock import remove_stale_temps, run_lock
+from lightning_align.stage_checkpoints import StageCheckpoints
 from lightning_align.stage_identity import InputHashes, stage_identity
 from lightning_align.stages import ACTIONS, StageContext
 from lightning_align.stages.lightning_stage import init_arg_names, reshaping_callbacks
@@ -175,8 +177,11 @@ class MultiStageTrainer:
             return
         action = self.config["pipeline"]["stages"][ctx.name]
         log.info("stage %s (%s) -> %s", ctx.name, action, ctx.output_dir)
+        checkpoints = StageCheckpoints.of(self.run_dir, ctx.name, identity, self.run_section.checkpoint_every_n_steps)
+        if is_rank_zero():
+            checkpoints.prepare()
         try:
-            metrics = ACTIONS[action].run(ctx)
+            metrics = ACTIONS[action].run(dataclasses.replace(ctx, checkpoints=checkpoints))
         except Interrupted:
             raise Interrupted(ctx.name) from None
         except NonFiniteError as err:
@@ -188,3 +193,5 @@ class MultiStageTrainer:
             log.warning("WARNING stage %s: %s", ctx.name, warning)
         state["done"][ctx.name] = {"identity": identity, "action": action, "metrics": metrics, "warnings": warnings}
         _write_json(self.run_dir / "state.json", state)
+        if is_rank_zero():
+            checkpoints.clear()

@@ -1,17 +1,17 @@
 """Packed next-token data for causal-LM stages, tokenized with the stage model's own tokenizer."""
 from __future__ import annotations
 
-import lightning as L
 import torch
 from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
 from torch.utils.data import DataLoader
 
 from lightning_align.data.corpus import CORPUS_SUFFIXES, EMBEDDED, load_texts, split_texts
-from lightning_align.data.loaders import check_source, seeded_loader
+from lightning_align.data.loaders import check_source
 from lightning_align.data.packing import pack_blocks
+from lightning_align.data.resumable import ResumableDataModule
 
 
-class LMDataModule(L.LightningDataModule):
+class LMDataModule(ResumableDataModule):
     """Train/val blocks from a corpus ("embedded", .txt or a data file with `text`), split by document, then packed.
 
     The tokenizer is taken from the LightningModule in `setup`, so data and model can never disagree on it.
@@ -37,8 +37,8 @@ class LMDataModule(L.LightningDataModule):
         self.val_blocks = pack_blocks(encode(val), self.block_size, tokenizer.eos_token_id)
 
     def train_dataloader(self) -> DataLoader:
-        return seeded_loader(self.train_blocks, self.batch_size, True, self.seed, drop_last=True,
-                             num_workers=self.num_workers)
+        return self.resumable_loader(self.train_blocks, self.batch_size, self.seed, drop_last=True,
+                                     num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_blocks, batch_size=self.batch_size, num_workers=self.num_workers)

@@ -13,7 +13,6 @@ import random
 import warnings
 from typing import Any, Callable, Sequence, Union
 
-import lightning as L
 import torch
 from jsonargparse.typing import OpenUnitInterval, PositiveInt
 from torch import Tensor
@@ -21,8 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
 from lightning_align.data.gold_task import preference_records
-from lightning_align.data.loaders import check_source, seeded_loader
+from lightning_align.data.loaders import check_source
 from lightning_align.data.records import read_pairs
+from lightning_align.data.resumable import ResumableDataModule
 from lightning_align.errors import ConfigError
 
 GOLD = "gold"
@@ -169,7 +169,7 @@ class PairSlots(Dataset):
         return self.records[index % len(self.records)]
 
 
-class PreferenceDataModule(L.LightningDataModule):
+class PreferenceDataModule(ResumableDataModule):
     """Train/val pairs for the reward and DPO stages: `path` is a data file (`data/records.py`) or "gold".
 
     The tokenizer and `max_length` are the LightningModule's: a DPO policy's reference log-probs and its training
@@ -194,16 +194,19 @@ class PreferenceDataModule(L.LightningDataModule):
         train, val = split_records(load_pairs(self.path, self.num_pairs, self.seed), self.val_fraction, self.seed)
         self.train_set, self.val_set = PairSlots(train), PairSlots(val)
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        module = self.trainer.lightning_module
-        annotate: Callable[[list[dict]], None] | None = getattr(module, "annotate", None)
+    def _annotate(self) -> None:
+        annotate: Callable[[list[dict]], None] | None = getattr(self.trainer.lightning_module, "annotate", None)
         if annotate is not None:
             annotate([r for r in self.train_set.records + self.val_set.records if "ref_chosen" not in r])
-        return seeded_loader(dataset, self.batch_size, shuffle, self.seed,
-                             lambda records: collate_pairs(module.tokenizer, records, module.max_length))
+
+    def _collate(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        module = self.trainer.lightning_module
+        return collate_pairs(module.tokenizer, records, module.max_length)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        self._annotate()
+        return self.resumable_loader(self.train_set, self.batch_size, self.seed, self._collate)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        self._annotate()
+        return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=self._collate)

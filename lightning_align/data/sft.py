@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 from jsonargparse.typing import OpenUnitInterval, PositiveInt
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_align.data.gold_task import sft_records
-from lightning_align.data.loaders import check_source, seeded_loader
+from lightning_align.data.loaders import check_source
 from lightning_align.data.preference import GOLD, encode_pairs, split_records
 from lightning_align.data.records import read_sft
+from lightning_align.data.resumable import ResumableDataModule
 
 
 def collate_sft(tokenizer: Any, records: list[dict[str, str]], max_length: int) -> dict[str, Tensor]:
@@ -20,7 +20,7 @@ def collate_sft(tokenizer: Any, records: list[dict[str, str]], max_length: int) 
     return {"input_ids": ids, "attention_mask": mask, "response_mask": response_mask}
 
 
-class SFTDataModule(L.LightningDataModule):
+class SFTDataModule(ResumableDataModule):
     """`path`: "gold" or a data file in a TRL SFT format: prompt-completion, messages or text (`data/records.py`)."""
 
     def __init__(self, path: str = GOLD, num_records: PositiveInt = 1024, val_fraction: OpenUnitInterval = 0.1,
@@ -38,13 +38,11 @@ class SFTDataModule(L.LightningDataModule):
                        else read_sft(self.path))
             self.train_records, self.val_records = split_records(records, self.val_fraction, self.seed)
 
-    def _loader(self, records: list[dict[str, str]], shuffle: bool) -> DataLoader:
-        tokenizer = self.trainer.lightning_module.tokenizer
-        return seeded_loader(records, self.batch_size, shuffle, self.seed,
-                             lambda batch: collate_sft(tokenizer, batch, self.max_length))
+    def _collate(self, batch: list[dict[str, str]]) -> dict[str, Tensor]:
+        return collate_sft(self.trainer.lightning_module.tokenizer, batch, self.max_length)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_records, shuffle=True)
+        return self.resumable_loader(self.train_records, self.batch_size, self.seed, self._collate)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_records, shuffle=False)
+        return DataLoader(self.val_records, batch_size=self.batch_size, collate_fn=self._collate)

@@ -1,7 +1,6 @@
 """Policy training by DPO against a frozen reference: the `dpo` stage and the E-step of the `mutual_taught` stage."""
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,6 +20,7 @@ from lightning_align.models.loading import load_model, load_tokenizer
 from lightning_align.models.reward_model import load_frozen_reward_model
 from lightning_align.models.spec import ModelSpec, Quantization
 from lightning_align.modules.optim import OptimConfig, build_optimizer
+from lightning_align.modules.plain_hparams import save_plain_hyperparameters
 
 REWARD_MODEL_DIR = "reward_model"
 
@@ -48,9 +48,7 @@ class PolicyModule(L.LightningModule):
                  reward_model: Optional[str] = None, reward_refresh: bool = True,
                  reward_quantization: Optional[Quantization] = None) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        # Plain values only: Lightning resumes a checkpoint with `torch.load(weights_only=True)`, which refuses classes.
-        self.hparams.update({k: asdict(v) for k, v in self.hparams.items() if is_dataclass(v)})
+        save_plain_hyperparameters(self)
         if reward_quantization is not None and reward_refresh:
             raise ConfigError("model.init_args.reward_quantization", "the reward model is refitted every round "
                               "(reward_refresh: true), which a quantized model cannot be; set reward_refresh: false "

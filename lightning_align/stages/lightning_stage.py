@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
 import warnings
 import inspect
 from pathlib import Path
@@ -16,6 +17,8 @@ from lightning_align.config import RunSection, keys_under, parser_error_to_confi
 from lightning_align.errors import ConfigError
 from lightning_align.stages.context import StageContext
 from lightning_align.stages.trainer_args import build_callbacks, check_callbacks, steps_from_schedule
+
+log = logging.getLogger(__name__)
 
 
 class StageCLI(LightningCLI):
@@ -160,13 +163,23 @@ def _export(cli: StageCLI, ctx: StageContext, metrics: dict[str, float]) -> None
 
 
 def fit(ctx: StageContext) -> dict[str, float]:
-    """Validate, train, validate again, export: the report shows the stage's held-out metrics before and after."""
+    """Validate, train, validate again, export: the report shows the stage's held-out metrics before and after.
+
+    With `ctx.checkpoints`, training writes them and resumes from one a killed run of the same stage identity left
+    (the held-out metrics before training are those of the incoming model either way).
+    """
     cli = instantiate(ctx.config, f"stages.{ctx.name}")
     metrics: dict[str, float] = {}
     if _has_val(cli):
         before = _metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False))
         metrics.update({f"{k}_start": v for k, v in before.items()})
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    checkpoint = ctx.checkpoints.callback() if ctx.checkpoints is not None else None
+    if checkpoint is not None:
+        cli.trainer.callbacks.append(checkpoint)
+    resume = ctx.checkpoints.resume_path() if ctx.checkpoints is not None else None
+    if resume is not None:
+        log.info("stage %s resumes from %s", ctx.name, resume)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
     metrics.update({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("train/")})
     if _has_val(cli):
         metrics.update(_metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)))

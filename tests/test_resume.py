@@ -1,0 +1,123 @@
+"""Mid-stage resume: a run SIGKILLed after a step checkpoint and run again ends exactly where an uninterrupted run
+does; checkpoints of another stage identity are not resumed from; `fit --ckpt_path` reads the project's own."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lightning_align.cli import main
+from lightning_align.data.resumable import ResumableLoader
+from lightning_align.stage_checkpoints import IDENTITY_FILE, LAST, StageCheckpoints
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = ["model.vocab_size=300", "model.hidden_size=32", "model.intermediate_size=32",
+              "model.num_hidden_layers=2", "model.num_attention_heads=2", "model.num_key_value_heads=2",
+              "model.max_position_embeddings=64"]
+# enlarge -> prune (gradual FFN-width pruning on the shared LR curve, AdamW moments carried), 6 steps each
+TWO_STAGES = ["pipeline=enlarge_prune", "~pipeline.stages.recover", "~pipeline.stages.evaluate",
+              "pipeline.schedule.warmup_steps=1", "pipeline.schedule.budgets.enlarge=6",
+              "pipeline.schedule.budgets.prune=6", "pipeline.schedule.budgets.recover=2",
+              "stages.prune.trainer.callbacks.0.init_args.start_step=1",
+              "stages.prune.trainer.callbacks.0.init_args.end_step=5",
+              "stages.prune.trainer.callbacks.0.init_args.every_n_steps=1",
+              "stages.enlarge.model.init_args.model.intermediate_size=84", "+trainer.enable_progress_bar=false",
+              *TINY_MODEL,
+              *[f"stages.{stage}.{key}" for stage in ("enlarge", "prune")
+                for key in ("data.init_args.block_size=32", "data.init_args.batch_size=4",
+                            "trainer.limit_val_batches=2")]]
+
+
+def _command(tmp_path: Path, name: str) -> list[str]:
+    return [sys.executable, "-m", "lightning_align", "run", f"run.dir={tmp_path}", f"run.name={name}",
+            "run.checkpoint_every_n_steps=2", *TWO_STAGES]
+
+
+def _run_until(command: list[str], line: str) -> str:
+    """Run `command`, SIGKILL it as soon as it logs `line`; returns what it logged."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    seen = []
+    for text in proc.stdout:
+        seen.append(text)
+        if line in text:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+    return "".join(seen)
+
+
+def _finish(command: list[str]) -> str:
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def _result(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    metrics = {name: stage["metrics"] for name, stage in json.loads((run_dir / "state.json").read_text())["done"].items()}
+    return metrics, load_file(run_dir / "prune" / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_sigkill_after_step_checkpoints_resumes_to_the_uninterrupted_result(tmp_path):
+    rng = random.Random(10)  # the kill steps: fixed, so CI is reproducible
+    kills = [(stage, rng.choice([2, 4])) for stage in ("enlarge", "prune")]
+    _finish(_command(tmp_path, "whole"))
+    command = _command(tmp_path, "killed")
+    run_dir = tmp_path / "killed"
+    for stage, step in kills:
+        _run_until(command, f"checkpoint at step {step}: {run_dir / 'checkpoints' / stage / LAST}")
+        assert (run_dir / "checkpoints" / stage / LAST).is_file()
+    log = _finish(command)
+    assert f"stage prune resumes from {run_dir / 'checkpoints' / 'prune' / LAST}" in log
+    whole, killed = _result(tmp_path / "whole"), _result(run_dir)
+    assert killed[0] == whole[0], "the same final metrics, to the last bit"
+    assert killed[1].keys() == whole[1].keys()
+    assert all(torch.equal(killed[1][key], whole[1][key]) for key in whole[1])
+    assert not (run_dir / "checkpoints").exists(), "a stage's checkpoints go once it is done"
+
+
+def test_checkpoint_of_another_identity_is_deleted_and_not_resumed(tmp_path, caplog):
+    stale = StageCheckpoints.of(tmp_path, "prune", "aaaa", every_n_steps=2)
+    stale.prepare()
+    (stale.directory / LAST).write_bytes(b"weights of the old config")
+    assert stale.resume_path() == stale.directory / LAST
+    fresh = StageCheckpoints.of(tmp_path, "prune", "bbbb", every_n_steps=2)
+    assert fresh.resume_path() is None, "never resumed from a checkpoint of another identity"
+    with caplog.at_level("INFO"):
+        fresh.prepare()
+    assert not (fresh.directory / LAST).exists()
+    assert (fresh.directory / IDENTITY_FILE).read_text().strip() == "bbbb"
+    assert "stage identity aaaa, now bbbb" in caplog.text
+    fresh.clear()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_loader_resumes_at_the_batch_after_the_saved_position_in_any_epoch():
+    data = torch.arange(23)
+    epoch = [0]
+    loader = ResumableLoader(data, 4, seed=7, epoch=lambda: epoch[0], drop_last=True)
+    for current in range(3):
+        epoch[0] = current
+        whole = [batch.tolist() for batch in loader]
+        assert loader.position() == {"epoch": current, "served": 5}
+        for served in (0, 2, 5):
+            loader.resume = {"epoch": current, "served": served}
+            assert [batch.tolist() for batch in loader] == whole[served:]
+        loader.resume = {"epoch": current - 1, "served": 3}  # saved at an earlier epoch's batch: a full epoch now
+        assert [batch.tolist() for batch in loader] == whole
+    orders = []
+    for current in range(2):
+        epoch[0] = current
+        orders.append([batch.tolist() for batch in loader])
+    assert orders[0] != orders[1], "each epoch has its own order"
