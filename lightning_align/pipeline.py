@@ -171,13 +171,16 @@ class MultiStageTrainer:
         identity = stage_identity(ctx, state["done"], hashes)
         if is_rank_zero():
             hashes.save()
+        action = self.config["pipeline"]["stages"][ctx.name]
+        every = self.run_section.checkpoint_every_n_steps if action == "fit" else 0  # only training has steps
+        checkpoints = StageCheckpoints.of(self.run_dir, ctx.name, identity, every)
         done = state["done"].get(ctx.name)
         if done and done.get("identity") == identity and ctx.output_dir.is_dir():
             log.info("stage %s already done, skipping", ctx.name)
+            if is_rank_zero():
+                checkpoints.clear()  # left by a kill between recording the stage and deleting them
             return
-        action = self.config["pipeline"]["stages"][ctx.name]
         log.info("stage %s (%s) -> %s", ctx.name, action, ctx.output_dir)
-        checkpoints = StageCheckpoints.of(self.run_dir, ctx.name, identity, self.run_section.checkpoint_every_n_steps)
         if is_rank_zero():
             checkpoints.prepare()
         try:

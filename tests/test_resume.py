@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from lightning_align.cli import main
+from lightning_align.data.preference import PreferenceDataModule
 from lightning_align.data.resumable import ResumableLoader
 from lightning_align.stage_checkpoints import IDENTITY_FILE, LAST, StageCheckpoints
 
@@ -64,7 +65,8 @@ def _finish(command: list[str]) -> str:
 
 
 def _result(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    metrics = {name: stage["metrics"] for name, stage in json.loads((run_dir / "state.json").read_text())["done"].items()}
+    done = json.loads((run_dir / "state.json").read_text())["done"]
+    metrics = {name: stage["metrics"] for name, stage in done.items()}
     return metrics, load_file(run_dir / "prune" / "model.safetensors")
 
 
@@ -110,7 +112,7 @@ def test_loader_resumes_at_the_batch_after_the_saved_position_in_any_epoch():
     for current in range(3):
         epoch[0] = current
         whole = [batch.tolist() for batch in loader]
-        assert loader.position() == {"epoch": current, "served": 5}
+        assert loader.state_dict() == {"epoch": current, "served": 5}
         for served in (0, 2, 5):
             loader.resume = {"epoch": current, "served": served}
             assert [batch.tolist() for batch in loader] == whole[served:]
@@ -121,3 +123,42 @@ def test_loader_resumes_at_the_batch_after_the_saved_position_in_any_epoch():
         epoch[0] = current
         orders.append([batch.tolist() for batch in loader])
     assert orders[0] != orders[1], "each epoch has its own order"
+
+
+def test_fit_resumes_a_student_stage_from_its_own_checkpoint(tmp_path, caplog):
+    """`fit --ckpt_path` reads a StudentModule checkpoint (hyperparameters and optimizer state are plain values, as
+    `torch.load(weights_only=True)` wants) and continues it exactly: the model equals one trained without a stop."""
+    model = [f"--model.model.{key}" for key in ("vocab_size=300", "hidden_size=32", "intermediate_size=64",
+                                                "num_hidden_layers=2", "num_attention_heads=2",
+                                                "num_key_value_heads=2", "max_position_embeddings=64")]
+    ckpt = tmp_path / "step4.ckpt"
+    args = ["fit", "--config", str(REPO / "conf" / "stages" / "pretrain.yaml"), *model, "--trainer.max_steps=6",
+            "--trainer.limit_val_batches=1", "--trainer.val_check_interval=6", "--data.block_size=32",
+            "--data.batch_size=4", "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path / 'logs'}"]
+    checkpoint = ["--trainer.enable_checkpointing=true",
+                  "--trainer.callbacks+=lightning_align.callbacks.step_checkpoint.StepCheckpoint",
+                  f"--trainer.callbacks.path={ckpt}", "--trainer.callbacks.every_n_steps=4"]
+    assert main([*args, *checkpoint, f"--export_dir={tmp_path / 'whole'}"]) == 0
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 4
+    with caplog.at_level("INFO"):
+        assert main([*args, *checkpoint, f"--ckpt_path={ckpt}", f"--export_dir={tmp_path / 'resumed'}"]) == 0
+    assert f"Restored all states from the checkpoint at {ckpt}" in caplog.text
+    whole, resumed = (load_file(tmp_path / name / "model.safetensors") for name in ("whole", "resumed"))
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[key], resumed[key]) for key in whole), "steps 5-6 after the resume as without it"
+
+
+def test_preference_data_resumes_with_the_reference_log_probs_it_was_annotated_with():
+    """A resumed DPO stage keeps the initial policy's reference log-probs instead of annotating with the resumed
+    weights: they travel in the checkpoint with the loader position."""
+    saved = PreferenceDataModule(num_pairs=12, val_fraction=0.25)
+    saved.setup("fit")
+    records = saved.train_set.records + saved.val_set.records
+    for i, record in enumerate(records):
+        record["ref_chosen"], record["ref_rejected"] = -float(i), -float(i) - 0.5
+    state = saved.state_dict()
+    resumed = PreferenceDataModule(num_pairs=12, val_fraction=0.25)
+    resumed.setup("fit")
+    resumed.load_state_dict(state)
+    assert resumed.train_set.records + resumed.val_set.records == records

@@ -1,6 +1,9 @@
 """Packed next-token data for causal-LM stages, tokenized with the stage model's own tokenizer."""
 from __future__ import annotations
 
+from typing import Any
+
+import lightning as L
 import torch
 from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
 from torch.utils.data import DataLoader
@@ -8,10 +11,10 @@ from torch.utils.data import DataLoader
 from lightning_align.data.corpus import CORPUS_SUFFIXES, EMBEDDED, load_texts, split_texts
 from lightning_align.data.loaders import check_source
 from lightning_align.data.packing import pack_blocks
-from lightning_align.data.resumable import ResumableDataModule
+from lightning_align.data.resumable import TrainPosition
 
 
-class LMDataModule(ResumableDataModule):
+class LMDataModule(L.LightningDataModule):
     """Train/val blocks from a corpus ("embedded", .txt or a data file with `text`), split by document, then packed.
 
     The tokenizer is taken from the LightningModule in `setup`, so data and model can never disagree on it.
@@ -26,6 +29,7 @@ class LMDataModule(ResumableDataModule):
         self.val_fraction, self.seed, self.num_workers = val_fraction, seed, num_workers
         self.train_blocks: torch.Tensor | None = None
         self.val_blocks: torch.Tensor | None = None
+        self.position = TrainPosition(self)
 
     def setup(self, stage: str) -> None:
         if self.train_blocks is not None:
@@ -37,8 +41,14 @@ class LMDataModule(ResumableDataModule):
         self.val_blocks = pack_blocks(encode(val), self.block_size, tokenizer.eos_token_id)
 
     def train_dataloader(self) -> DataLoader:
-        return self.resumable_loader(self.train_blocks, self.batch_size, self.seed, drop_last=True,
-                                     num_workers=self.num_workers)
+        return self.position.new_loader(self.train_blocks, self.batch_size, self.seed, drop_last=True,
+                                        num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_blocks, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.position.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.position.load_state_dict(state_dict)

@@ -13,6 +13,7 @@ import random
 import warnings
 from typing import Any, Callable, Sequence, Union
 
+import lightning as L
 import torch
 from jsonargparse.typing import OpenUnitInterval, PositiveInt
 from torch import Tensor
@@ -22,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from lightning_align.data.gold_task import preference_records
 from lightning_align.data.loaders import check_source
 from lightning_align.data.records import read_pairs
-from lightning_align.data.resumable import ResumableDataModule
+from lightning_align.data.resumable import TrainPosition
 from lightning_align.errors import ConfigError
 
 GOLD = "gold"
@@ -169,7 +170,7 @@ class PairSlots(Dataset):
         return self.records[index % len(self.records)]
 
 
-class PreferenceDataModule(ResumableDataModule):
+class PreferenceDataModule(L.LightningDataModule):
     """Train/val pairs for the reward and DPO stages: `path` is a data file (`data/records.py`) or "gold".
 
     The tokenizer and `max_length` are the LightningModule's: a DPO policy's reference log-probs and its training
@@ -187,6 +188,7 @@ class PreferenceDataModule(ResumableDataModule):
         self.batch_size, self.seed = batch_size, seed
         self.train_set: PairSlots | None = None
         self.val_set: PairSlots | None = None
+        self.position = TrainPosition(self)
 
     def setup(self, stage: str) -> None:
         if self.train_set is not None:
@@ -203,9 +205,27 @@ class PreferenceDataModule(ResumableDataModule):
         module = self.trainer.lightning_module
         return collate_pairs(module.tokenizer, records, module.max_length)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The loader's position and the reference log-probs: a resumed DPO stage must keep the initial policy's,
+        not annotate again with the weights it resumes from."""
+        state = self.position.state_dict()
+        records = self.train_set.records + self.val_set.records if self.train_set is not None else []
+        if any("ref_chosen" in r for r in records):
+            state["reference"] = [[r.get("ref_chosen"), r.get("ref_rejected")] for r in records]
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Called after `setup`, before the loaders are built (so `_annotate` finds the records annotated)."""
+        state = dict(state_dict)
+        reference = state.pop("reference", None)
+        self.position.load_state_dict(state)
+        for record, (chosen, rejected) in zip(self.train_set.records + self.val_set.records, reference or []):
+            if chosen is not None:
+                record["ref_chosen"], record["ref_rejected"] = chosen, rejected
+
     def train_dataloader(self) -> DataLoader:
         self._annotate()
-        return self.resumable_loader(self.train_set, self.batch_size, self.seed, self._collate)
+        return self.position.new_loader(self.train_set, self.batch_size, self.seed, self._collate)
 
     def val_dataloader(self) -> DataLoader:
         self._annotate()

@@ -2,11 +2,11 @@
 
 Lightning restores the fit loop's batch index from a checkpoint but restarts a plain DataLoader from its first batch,
 so a stage resumed mid-epoch would train again on batches it has seen and never on the rest. Here an epoch's order
-depends on (seed, epoch) alone — recomputed from the seed, it is the order a `DataLoader(shuffle=True)` on a generator
-seeded with `seed` gives in epoch e when, as under Lightning, each epoch stops at its last batch — and the loader's position (epoch, batches served) travels in
-the datamodule's `state_dict`, which Lightning saves in every checkpoint. The datamodule, not the loader, carries
-it: Lightning may build the training loader (to count steps) before it restores any state, and then never restores
-a loader's own.
+depends on (seed, epoch) alone: recomputed from the seed, it is the order a `DataLoader(shuffle=True)` on a generator
+seeded with `seed` gives in epoch e when, as under Lightning, each epoch stops at its last batch. The loader's
+position (epoch, batches served) travels in the datamodule's `state_dict`, which Lightning saves in every
+checkpoint. The datamodule carries it because Lightning may build the training loader (to count steps) before it
+restores any state, and then never restores that loader's own.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class EpochOrder(Sampler[int]):
 
 
 class ResumableLoader(DataLoader):
-    """A shuffled loader whose `position()` (epoch, batches served in it) resumes it exactly (`resume`).
+    """A shuffled loader whose position (`state_dict()`: epoch, batches served in it) resumes it exactly.
 
     Skipping happens in the sampler, so the batches already trained on are neither read nor collated again. A sized
     loader is not prefetched by Lightning, so the batches served when a checkpoint is taken are those trained on.
@@ -55,8 +55,12 @@ class ResumableLoader(DataLoader):
         self.epoch, self.resume = epoch, resume
         self.current, self.served = -1, 0
 
-    def position(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, int]:
+        """Its position. With `load_state_dict`, Lightning also counts it a resumable loader (and says so)."""
         return {"epoch": self.current, "served": self.served}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.resume = dict(state_dict)
 
     def __iter__(self) -> Iterator[Any]:
         self.current, resume, self.resume = self.epoch(), self.resume, None
@@ -67,25 +71,27 @@ class ResumableLoader(DataLoader):
             yield batch
 
 
-class ResumableDataModule(L.LightningDataModule):
-    """A datamodule whose training loader (`resumable_loader`) resumes where a checkpoint left it."""
+class TrainPosition:
+    """A datamodule's training loader and where it stands; the datamodule's `state_dict` / `load_state_dict`
+    delegate here (a datamodule's state is what Lightning saves in, and restores from, a checkpoint)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._train_loader: ResumableLoader | None = None
-        self._resume: dict[str, int] | None = None
+    def __init__(self, datamodule: L.LightningDataModule) -> None:
+        self.datamodule = datamodule
+        self.loader: ResumableLoader | None = None
+        self.resume: dict[str, int] | None = None
 
-    def resumable_loader(self, dataset: Sized, batch_size: int, seed: int,
-                         collate_fn: Callable[[list], Any] | None = None, drop_last: bool = False,
-                         num_workers: int = 0) -> ResumableLoader:
-        self._train_loader = ResumableLoader(dataset, batch_size, seed, lambda: self.trainer.current_epoch,
-                                             collate_fn, drop_last, num_workers, self._resume)
-        return self._train_loader
+    def new_loader(self, dataset: Sized, batch_size: int, seed: int,
+                   collate_fn: Callable[[list], Any] | None = None, drop_last: bool = False,
+                   num_workers: int = 0) -> ResumableLoader:
+        """The training loader, resumed at the restored position if a checkpoint was restored before it is built."""
+        self.loader = ResumableLoader(dataset, batch_size, seed, lambda: self.datamodule.trainer.current_epoch,
+                                      collate_fn, drop_last, num_workers, self.resume)
+        return self.loader
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self._train_loader is None else self._train_loader.position()
+        return {} if self.loader is None else self.loader.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._resume = dict(state_dict) or None
-        if self._train_loader is not None:
-            self._train_loader.resume = self._resume
+        self.resume = dict(state_dict) or None
+        if self.loader is not None:
+            self.loader.resume = self.resume

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning as L
 from jsonargparse.typing import OpenUnitInterval, PositiveInt
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -11,7 +12,7 @@ from lightning_align.data.gold_task import sft_records
 from lightning_align.data.loaders import check_source
 from lightning_align.data.preference import GOLD, encode_pairs, split_records
 from lightning_align.data.records import read_sft
-from lightning_align.data.resumable import ResumableDataModule
+from lightning_align.data.resumable import TrainPosition
 
 
 def collate_sft(tokenizer: Any, records: list[dict[str, str]], max_length: int) -> dict[str, Tensor]:
@@ -20,7 +21,7 @@ def collate_sft(tokenizer: Any, records: list[dict[str, str]], max_length: int) 
     return {"input_ids": ids, "attention_mask": mask, "response_mask": response_mask}
 
 
-class SFTDataModule(ResumableDataModule):
+class SFTDataModule(L.LightningDataModule):
     """`path`: "gold" or a data file in a TRL SFT format: prompt-completion, messages or text (`data/records.py`)."""
 
     def __init__(self, path: str = GOLD, num_records: PositiveInt = 1024, val_fraction: OpenUnitInterval = 0.1,
@@ -31,6 +32,7 @@ class SFTDataModule(ResumableDataModule):
         self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
         self.train_records: list[dict[str, Any]] | None = None
         self.val_records: list[dict[str, Any]] = []
+        self.position = TrainPosition(self)
 
     def setup(self, stage: str) -> None:
         if self.train_records is None:
@@ -42,7 +44,13 @@ class SFTDataModule(ResumableDataModule):
         return collate_sft(self.trainer.lightning_module.tokenizer, batch, self.max_length)
 
     def train_dataloader(self) -> DataLoader:
-        return self.resumable_loader(self.train_records, self.batch_size, self.seed, self._collate)
+        return self.position.new_loader(self.train_records, self.batch_size, self.seed, self._collate)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_records, batch_size=self.batch_size, collate_fn=self._collate)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.position.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.position.load_state_dict(state_dict)
