@@ -35,7 +35,8 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class StepCheckpoint(Checkpoint):
-    """Write `path` every `every_n_steps` optimizer steps: weights, optimizer and scheduler, loop progress, every
+    """Write `path` every `every_n_steps` optimizer steps (0: never; a run resumed from it still needs the RNG states
+    restored here): weights, optimizer and scheduler, loop progress, every
     callback's `state_dict` (schedule position, pruning masks and EMA, round state), the datamodule's loader
     position, and the global RNG states (kept here: Lightning's checkpoint has none).
 
@@ -47,15 +48,22 @@ class StepCheckpoint(Checkpoint):
     def __init__(self, path: Path, every_n_steps: int) -> None:
         self.path, self.every_n_steps = Path(path), every_n_steps
         self._saved_step = -1
+        self.started_at = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Remember the step training starts from: a resumed run starts at its checkpoint's."""
+        self.started_at = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
-        if step == 0 or step % self.every_n_steps or step == self._saved_step:
+        if self.every_n_steps == 0 or step == 0 or step % self.every_n_steps or step == self._saved_step:
             return
         self._saved_step = step  # with gradient accumulation, several batches end on the same optimizer step
         temp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         trainer.save_checkpoint(temp)
+        for logger in trainer.loggers:  # what was logged so far reaches the disk with the checkpoint
+            logger.save()
         if trainer.is_global_zero:
             os.replace(temp, self.path)
             log.info("checkpoint at step %d: %s", step, self.path)

@@ -57,8 +57,8 @@ class StageCheckpoints:
         last = self.directory / LAST
         return last if last.is_file() and self._saved_identity() == self.identity else None
 
-    def callback(self) -> StepCheckpoint | None:
-        return StepCheckpoint(self.directory / LAST, self.every_n_steps) if self.every_n_steps > 0 else None
+    def callback(self) -> StepCheckpoint:
+        return StepCheckpoint(self.directory / LAST, self.every_n_steps)
 
     def clear(self) -> None:
         """Delete the stage's checkpoints (it is done and exported), and `checkpoints/` when nothing else is left."""

@@ -18,6 +18,7 @@ from lightning_align.cli import main
 from lightning_align.data.preference import PreferenceDataModule
 from lightning_align.data.resumable import ResumableLoader
 from lightning_align.stage_checkpoints import IDENTITY_FILE, LAST, StageCheckpoints
+from lightning_align.stages.resumed_log import read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = ["model.vocab_size=300", "model.hidden_size=32", "model.intermediate_size=32",
@@ -34,7 +35,7 @@ TWO_STAGES = ["pipeline=enlarge_prune", "~pipeline.stages.recover", "~pipeline.s
               *TINY_MODEL,
               *[f"stages.{stage}.{key}" for stage in ("enlarge", "prune")
                 for key in ("data.init_args.block_size=32", "data.init_args.batch_size=4",
-                            "trainer.limit_val_batches=2")]]
+                            "trainer.limit_val_batches=2", "trainer.log_every_n_steps=1")]]
 
 
 def _command(tmp_path: Path, name: str) -> list[str]:
@@ -87,6 +88,12 @@ def test_sigkill_after_step_checkpoints_resumes_to_the_uninterrupted_result(tmp_
     assert killed[1].keys() == whole[1].keys()
     assert all(torch.equal(killed[1][key], whole[1][key]) for key in whole[1])
     assert not (run_dir / "checkpoints").exists(), "a stage's checkpoints go once it is done"
+    for stage, step in kills:
+        whole_rows, killed_rows = (read_rows(tmp_path / name / "logs" / stage / "metrics.csv")
+                                   for name in ("whole", "killed"))
+        # the row of the batch that ended at the checkpoint reaches the disk after it; a kill before that loses it
+        without = [row for row in whole_rows if row["step"] != str(step - 1)]
+        assert killed_rows in (whole_rows, without), "the report's curves keep the steps before the kill, once each"
 
 
 def test_checkpoint_of_another_identity_is_deleted_and_not_resumed(tmp_path, caplog):

@@ -16,6 +16,7 @@ from lightning_align.callbacks.stop_on_non_finite import StopOnNonFinite
 from lightning_align.config import RunSection, keys_under, parser_error_to_config_error
 from lightning_align.errors import ConfigError
 from lightning_align.stages.context import StageContext
+from lightning_align.stages.resumed_log import read_rows, restore_earlier_rows
 from lightning_align.stages.trainer_args import build_callbacks, check_callbacks, steps_from_schedule
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,9 @@ def fit(ctx: StageContext) -> dict[str, float]:
     With `ctx.checkpoints`, training writes them and resumes from one a killed run of the same stage identity left
     (the held-out metrics before training are those of the incoming model either way).
     """
+    resume = ctx.checkpoints.resume_path() if ctx.checkpoints is not None else None
+    csv_log = ctx.run_dir / "logs" / ctx.name / "metrics.csv"
+    earlier = read_rows(csv_log) if resume is not None else []  # the CSV logger deletes it when it starts
     cli = instantiate(ctx.config, f"stages.{ctx.name}")
     metrics: dict[str, float] = {}
     if _has_val(cli):
@@ -176,13 +180,14 @@ def fit(ctx: StageContext) -> dict[str, float]:
     checkpoint = ctx.checkpoints.callback() if ctx.checkpoints is not None else None
     if checkpoint is not None:
         cli.trainer.callbacks.append(checkpoint)
-    resume = ctx.checkpoints.resume_path() if ctx.checkpoints is not None else None
     if resume is not None:
         log.info("stage %s resumes from %s", ctx.name, resume)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
     metrics.update({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("train/")})
     if _has_val(cli):
         metrics.update(_metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)))
+    if resume is not None and cli.trainer.is_global_zero:
+        restore_earlier_rows(csv_log, earlier, checkpoint.started_at)
     _export(cli, ctx, metrics)
     return metrics
 
