@@ -35,10 +35,10 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class StepCheckpoint(Checkpoint):
-    """Write `path` every `every_n_steps` optimizer steps (0: never; a run resumed from it still needs the RNG states
-    restored here): weights, optimizer and scheduler, loop progress, every
-    callback's `state_dict` (schedule position, pruning masks and EMA, round state), the datamodule's loader
-    position, and the global RNG states (kept here: Lightning's checkpoint has none).
+    """Write `path` every `every_n_steps` optimizer steps: weights, optimizer and scheduler, loop progress, every
+    callback's `state_dict` (schedule position, pruning masks and EMA, round state), the datamodule's state (loader
+    position), and the global RNG states (kept here: Lightning's checkpoint has none). With 0 it writes nothing but
+    still restores the RNG states of a run resumed from such a file.
 
     The file is written beside `path` under a temporary name and renamed over it, so a kill during the write leaves
     the previous checkpoint whole. As a `Checkpoint`, Lightning runs it after the other callbacks of a step, so the
