@@ -48,11 +48,6 @@ class StepCheckpoint(Checkpoint):
     def __init__(self, path: Path, every_n_steps: int) -> None:
         self.path, self.every_n_steps = Path(path), every_n_steps
         self._saved_step = -1
-        self.started_at = 0
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Remember the step training starts from: a resumed run starts at its checkpoint's."""
-        self.started_at = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -16,7 +16,7 @@ from lightning_align.callbacks.stop_on_non_finite import StopOnNonFinite
 from lightning_align.config import RunSection, keys_under, parser_error_to_config_error
 from lightning_align.errors import ConfigError
 from lightning_align.stages.context import StageContext
-from lightning_align.stages.resumed_log import read_rows, restore_earlier_rows
+from lightning_align.stages.resumed_log import checkpoint_step, read_rows, replay_earlier_rows
 from lightning_align.stages.trainer_args import build_callbacks, check_callbacks, steps_from_schedule
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,8 @@ def fit(ctx: StageContext) -> dict[str, float]:
     if _has_val(cli):
         before = _metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False))
         metrics.update({f"{k}_start": v for k, v in before.items()})
+    if resume is not None and cli.trainer.is_global_zero:
+        replay_earlier_rows(cli.trainer.loggers, csv_log, earlier, checkpoint_step(resume))
     checkpoint = ctx.checkpoints.callback() if ctx.checkpoints is not None else None
     if checkpoint is not None:
         cli.trainer.callbacks.append(checkpoint)
@@ -186,8 +188,6 @@ def fit(ctx: StageContext) -> dict[str, float]:
     metrics.update({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("train/")})
     if _has_val(cli):
         metrics.update(_metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)))
-    if resume is not None and cli.trainer.is_global_zero:
-        restore_earlier_rows(csv_log, earlier, checkpoint.started_at)
     _export(cli, ctx, metrics)
     return metrics
 
