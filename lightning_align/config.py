@@ -96,11 +96,13 @@ class PipelineSection:
 
 @dataclass(frozen=True)
 class RunSection:
-    """Where a pipeline run lives (`<dir>/<name>/`) and the seed every stage starts from."""
+    """Where a pipeline run lives (`<dir>/<name>/`), the seed every stage starts from, and how often a training
+    stage writes the checkpoint a killed run resumes from (`checkpoint_every_n_steps` optimizer steps; 0: never)."""
 
     name: str = "default"
     dir: str = "runs"
     seed: int = 42
+    checkpoint_every_n_steps: NonNegativeInt = 0
 
     def __post_init__(self) -> None:
         """A re-run deletes and replaces stage directories under `<dir>/<name>/`, so the name must stay inside `dir`:

@@ -8,6 +8,7 @@ finished stages and a change anywhere reruns exactly the stages that depend on i
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from lightning_align.models.spec import ModelSpec
 from lightning_align.rank_zero import run_on_rank_zero
 from lightning_align.run_lock import remove_stale_temps, run_lock
 from lightning_align.run_state import read_state
+from lightning_align.stage_checkpoints import StageCheckpoints
 from lightning_align.stage_identity import InputHashes, stage_identity
 from lightning_align.stages import ACTIONS, StageContext
 from lightning_align.stages.input_models import check_input_models
@@ -197,15 +199,22 @@ class MultiStageTrainer:
         identity = stage_identity(ctx, state["done"], hashes)
         if is_rank_zero():
             hashes.save()
+        action = self.config["pipeline"]["stages"][ctx.name]
+        every = self.run_section.checkpoint_every_n_steps if action == "fit" else 0  # only training has steps
+        checkpoints = StageCheckpoints.of(self.run_dir, ctx.name, identity, every)
         done = state["done"].get(ctx.name)
         if done and done.get("identity") == identity and ctx.output_dir.is_dir():
             log.info("stage %s already done, skipping", ctx.name)
+            if is_rank_zero():
+                checkpoints.clear()  # left by a kill between recording the stage and deleting them
             return
-        action = self.config["pipeline"]["stages"][ctx.name]
         log.info("stage %s (%s) -> %s", ctx.name, action, ctx.output_dir)
+        if is_rank_zero():
+            checkpoints.prepare()
         try:
-            run = ACTIONS[action].run  # a Lightning stage runs on every rank; the others on rank zero alone
-            metrics = run(ctx) if ACTIONS[action].lightning else run_on_rank_zero(lambda: run(ctx))
+            run, staged = ACTIONS[action].run, dataclasses.replace(ctx, checkpoints=checkpoints)
+            # a Lightning stage runs on every rank; the others on rank zero alone
+            metrics = run(staged) if ACTIONS[action].lightning else run_on_rank_zero(lambda: run(staged))
         except Interrupted:
             raise Interrupted(ctx.name) from None
         except NonFiniteError as err:
@@ -217,3 +226,5 @@ class MultiStageTrainer:
             log.warning("WARNING stage %s: %s", ctx.name, warning)
         state["done"][ctx.name] = {"identity": identity, "action": action, "metrics": metrics, "warnings": warnings}
         _write_json(self.run_dir / "state.json", state)
+        if is_rank_zero():
+            checkpoints.clear()

@@ -9,8 +9,9 @@ from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
 from torch.utils.data import DataLoader
 
 from lightning_align.data.corpus import CORPUS_SUFFIXES, EMBEDDED, load_texts, split_texts
-from lightning_align.data.loaders import check_source, seeded_loader
+from lightning_align.data.loaders import check_source
 from lightning_align.data.packing import pack_blocks
+from lightning_align.data.resumable import TrainPosition
 from lightning_align.errors import ConfigError
 
 
@@ -29,6 +30,7 @@ class LMDataModule(L.LightningDataModule):
         self.val_fraction, self.seed, self.num_workers = val_fraction, seed, num_workers
         self.train_blocks: torch.Tensor | None = None
         self.val_blocks: torch.Tensor | None = None
+        self.position = TrainPosition(self)
 
     def setup(self, stage: str) -> None:
         if self.train_blocks is not None:
@@ -54,8 +56,14 @@ class LMDataModule(L.LightningDataModule):
                               "corpus") from None
 
     def train_dataloader(self) -> DataLoader:
-        return seeded_loader(self.train_blocks, self.batch_size, True, self.seed, drop_last=True,
-                             num_workers=self.num_workers)
+        return self.position.new_loader(self.train_blocks, self.batch_size, self.seed, drop_last=True,
+                                        num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_blocks, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.position.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.position.load_state_dict(state_dict)

@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
 from lightning_align.data.gold_task import preference_records
-from lightning_align.data.loaders import check_source, seeded_loader
+from lightning_align.data.loaders import check_source
 from lightning_align.data.records import read_pairs
+from lightning_align.data.resumable import TrainPosition
 from lightning_align.errors import ConfigError
 
 GOLD = "gold"
@@ -187,6 +188,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.batch_size, self.seed = batch_size, seed
         self.train_set: PairSlots | None = None
         self.val_set: PairSlots | None = None
+        self.position = TrainPosition(self)
 
     def setup(self, stage: str) -> None:
         if self.train_set is not None:
@@ -194,16 +196,37 @@ class PreferenceDataModule(L.LightningDataModule):
         train, val = split_records(load_pairs(self.path, self.num_pairs, self.seed), self.val_fraction, self.seed)
         self.train_set, self.val_set = PairSlots(train), PairSlots(val)
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        module = self.trainer.lightning_module
-        annotate: Callable[[list[dict]], None] | None = getattr(module, "annotate", None)
+    def _annotate(self) -> None:
+        annotate: Callable[[list[dict]], None] | None = getattr(self.trainer.lightning_module, "annotate", None)
         if annotate is not None:
             annotate([r for r in self.train_set.records + self.val_set.records if "ref_chosen" not in r])
-        return seeded_loader(dataset, self.batch_size, shuffle, self.seed,
-                             lambda records: collate_pairs(module.tokenizer, records, module.max_length))
+
+    def _collate(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        module = self.trainer.lightning_module
+        return collate_pairs(module.tokenizer, records, module.max_length)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loader's position and the reference log-probs: a resumed DPO stage must keep the initial policy's,
+        not annotate again with the weights it resumes from."""
+        state = self.position.state_dict()
+        records = self.train_set.records + self.val_set.records if self.train_set is not None else []
+        if any("ref_chosen" in r for r in records):
+            state["reference"] = [[r.get("ref_chosen"), r.get("ref_rejected")] for r in records]
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Called after `setup`, before the loaders are built (so `_annotate` finds the records annotated)."""
+        state = dict(state_dict)
+        reference = state.pop("reference", None)
+        self.position.load_state_dict(state)
+        for record, (chosen, rejected) in zip(self.train_set.records + self.val_set.records, reference or []):
+            if chosen is not None:
+                record["ref_chosen"], record["ref_rejected"] = chosen, rejected
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        self._annotate()
+        return self.position.new_loader(self.train_set, self.batch_size, self.seed, self._collate)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        self._annotate()
+        return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=self._collate)

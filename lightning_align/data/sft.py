@@ -9,9 +9,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_align.data.gold_task import sft_records
-from lightning_align.data.loaders import check_source, seeded_loader
+from lightning_align.data.loaders import check_source
 from lightning_align.data.preference import GOLD, encode_pairs, split_records
 from lightning_align.data.records import read_sft
+from lightning_align.data.resumable import TrainPosition
 
 
 def collate_sft(tokenizer: Any, records: list[dict[str, str]], max_length: int) -> dict[str, Tensor]:
@@ -31,6 +32,7 @@ class SFTDataModule(L.LightningDataModule):
         self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
         self.train_records: list[dict[str, Any]] | None = None
         self.val_records: list[dict[str, Any]] = []
+        self.position = TrainPosition(self)
 
     def setup(self, stage: str) -> None:
         if self.train_records is None:
@@ -38,13 +40,17 @@ class SFTDataModule(L.LightningDataModule):
                        else read_sft(self.path))
             self.train_records, self.val_records = split_records(records, self.val_fraction, self.seed)
 
-    def _loader(self, records: list[dict[str, str]], shuffle: bool) -> DataLoader:
-        tokenizer = self.trainer.lightning_module.tokenizer
-        return seeded_loader(records, self.batch_size, shuffle, self.seed,
-                             lambda batch: collate_sft(tokenizer, batch, self.max_length))
+    def _collate(self, batch: list[dict[str, str]]) -> dict[str, Tensor]:
+        return collate_sft(self.trainer.lightning_module.tokenizer, batch, self.max_length)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_records, shuffle=True)
+        return self.position.new_loader(self.train_records, self.batch_size, self.seed, self._collate)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_records, shuffle=False)
+        return DataLoader(self.val_records, batch_size=self.batch_size, collate_fn=self._collate)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.position.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.position.load_state_dict(state_dict)

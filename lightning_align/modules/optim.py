@@ -43,14 +43,16 @@ def _param_groups(named: Iterable[tuple[str, torch.nn.Parameter]], weight_decay:
 def build_optimizer(named_parameters: Iterable[tuple[str, torch.nn.Parameter]], cfg: OptimConfig,
                     total_steps: int) -> dict:
     """Return what `configure_optimizers` returns: the optimizer and a per-step warm-up + cosine scheduler."""
-    groups = _param_groups(named_parameters, cfg.weight_decay)
-    betas = (cfg.beta1, cfg.beta2)
+    # plain floats: the config's constrained float types would go into the optimizer's state, and Lightning reads a
+    # checkpoint back with `torch.load(weights_only=True)`, which refuses them
+    groups = _param_groups(named_parameters, float(cfg.weight_decay))
+    betas = (float(cfg.beta1), float(cfg.beta2))
     if cfg.name == "adamw8bit":
         import bitsandbytes as bnb
 
-        optimizer = bnb.optim.AdamW8bit(groups, lr=cfg.lr, betas=betas)
+        optimizer = bnb.optim.AdamW8bit(groups, lr=float(cfg.lr), betas=betas)
     else:
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)
+        optimizer = torch.optim.AdamW(groups, lr=float(cfg.lr), betas=betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
     )

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,6 +21,7 @@ from lightning_align.models.loading import load_model, load_tokenizer
 from lightning_align.models.reward_model import load_frozen_reward_model
 from lightning_align.models.spec import ModelSpec, Quantization
 from lightning_align.modules.optim import OptimConfig, build_optimizer
+from lightning_align.modules.plain_hparams import save_plain_hyperparameters
 
 REWARD_MODEL_DIR = "reward_model"
 
@@ -49,9 +49,7 @@ class PolicyModule(L.LightningModule):
                  reward_model: Optional[str] = None, reward_refresh: bool = True,
                  reward_quantization: Optional[Quantization] = None) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        # Plain values only: Lightning resumes a checkpoint with `torch.load(weights_only=True)`, which refuses classes.
-        self.hparams.update({k: asdict(v) for k, v in self.hparams.items() if is_dataclass(v)})
+        save_plain_hyperparameters(self)
         self.check_arguments(beta=beta, reward_refresh=reward_refresh, reward_quantization=reward_quantization)
         self.spec, self.optim, self.beta, self.ipo, self.max_length = model, optim, beta, ipo, max_length
         self.annotate_batch_size, self.reward_model_path, self.reward_refresh, self.reward_quantization = \

@@ -19,6 +19,7 @@ from lightning_align.models.loading import load_tokenizer
 from lightning_align.models.reward_model import load_reward_model
 from lightning_align.models.spec import ModelSpec
 from lightning_align.modules.optim import OptimConfig, build_optimizer
+from lightning_align.modules.plain_hparams import save_plain_hyperparameters
 
 HELDOUT_PAIRS = "heldout_pairs.jsonl"  # the pairs an exported RM was validated on, never trained on
 
@@ -36,7 +37,7 @@ class RewardModule(L.LightningModule):
     def __init__(self, model: ModelSpec = ModelSpec(), optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=5),
                  margin: Optional[float] = None, max_length: PositiveInt = 64) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        save_plain_hyperparameters(self)
         self.spec, self.optim, self.margin, self.max_length = model, optim, margin, max_length
         self.tokenizer = load_tokenizer(model)
         self.model = prepare_for_training(load_reward_model(model, self.tokenizer), model, heads=("score",)).train()

@@ -12,6 +12,7 @@ from lightning_align.models.adapters import export_model_dir, prepare_for_traini
 from lightning_align.models.loading import load_model, load_tokenizer
 from lightning_align.models.spec import ModelSpec
 from lightning_align.modules.optim import OptimConfig, build_optimizer
+from lightning_align.modules.plain_hparams import save_plain_hyperparameters
 
 
 class SFTModule(L.LightningModule):
@@ -21,7 +22,7 @@ class SFTModule(L.LightningModule):
     def __init__(self, model: ModelSpec = ModelSpec(),
                  optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=10, weight_decay=0.0)) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        save_plain_hyperparameters(self)
         self.spec, self.optim = model, optim
         self.tokenizer = load_tokenizer(model)
         self.model = prepare_for_training(load_model(model, self.tokenizer), model).train()

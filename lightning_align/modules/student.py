@@ -25,6 +25,7 @@ from lightning_align.models.adapters import export_model_dir, prepare_for_traini
 from lightning_align.models.loading import load_dir, load_model, load_tokenizer
 from lightning_align.models.spec import ModelSpec, Quantization
 from lightning_align.modules.optim import OptimConfig, build_optimizer
+from lightning_align.modules.plain_hparams import save_plain_hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class StudentModule(L.LightningModule):
     def __init__(self, model: ModelSpec = ModelSpec(), optim: OptimConfig = OptimConfig(),
                  distill: Optional[DistillConfig] = None, carry_optimizer_state: bool = False) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        save_plain_hyperparameters(self)
         self.spec, self.optim, self.distill = model, optim, distill
         self.carry = carry_optimizer_state and self._can_carry()
         self.moments: NamedMoments | None = None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
 import warnings
 import inspect
 from pathlib import Path
@@ -16,10 +17,13 @@ from lightning_align.config import RunSection, keys_under, parser_error_to_confi
 from lightning_align.data.text_file import read_utf8
 from lightning_align.errors import ConfigError
 from lightning_align.stages.context import StageContext
+from lightning_align.stages.resumed_log import checkpoint_step, read_rows, replay_earlier_rows
 from lightning_align.stages.strategy_check import check_strategy
 from lightning_align.stages.trainer_args import (
     build_callbacks, check_callbacks, check_trainer, quiet_lightning, steps_from_schedule,
 )
+
+log = logging.getLogger(__name__)
 
 
 class StageCLI(LightningCLI):
@@ -175,14 +179,27 @@ def fit(ctx: StageContext) -> dict[str, float]:
     """Validate, train, validate again, export: the report shows the stage's held-out metrics before and after.
 
     What the datamodule or a callback refuses once data and model are there (a corpus smaller than one block) is
-    named under the stage, like the errors of planning."""
+    named under the stage, like the errors of planning. With `ctx.checkpoints`, training writes them and resumes from
+    one a killed run of the same stage identity left (the held-out metrics before training are those of the incoming
+    model either way).
+    """
+    resume = ctx.checkpoints.resume_path() if ctx.checkpoints is not None else None
+    csv_log = ctx.run_dir / "logs" / ctx.name / "metrics.csv"
+    earlier = read_rows(csv_log) if resume is not None else []  # the CSV logger deletes it when it starts
     cli = instantiate(ctx.config, f"stages.{ctx.name}")
     metrics: dict[str, float] = {}
     with keys_under(f"stages.{ctx.name}"):
         if _has_val(cli):
             before = _metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False))
             metrics.update({f"{k}_start": v for k, v in before.items()})
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        if resume is not None and cli.trainer.is_global_zero:
+            replay_earlier_rows(cli.trainer.loggers, csv_log, earlier, checkpoint_step(resume))
+        checkpoint = ctx.checkpoints.callback() if ctx.checkpoints is not None else None
+        if checkpoint is not None:
+            cli.trainer.callbacks.append(checkpoint)
+        if resume is not None:
+            log.info("stage %s resumes from %s", ctx.name, resume)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
         metrics.update({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("train/")})
         if _has_val(cli):
             metrics.update(_metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)))
