@@ -21,10 +21,11 @@ from torch.utils.data import DataLoader
 
 from lightning_align.data.corpus import CORPUS_SUFFIXES, EMBEDDED, load_texts, split_texts
 from lightning_align.data.gold_task import sft_records
-from lightning_align.data.loaders import check_source, seeded_loader
+from lightning_align.data.loaders import check_source
 from lightning_align.data.packing import pack_blocks
 from lightning_align.data.preference import encode_pairs, pad_id, split_records
 from lightning_align.data.records import read_sft
+from lightning_align.data.resumable import TrainPosition
 from lightning_align.data.copy_task import copy_records
 from lightning_align.errors import ConfigError
 
@@ -85,6 +86,7 @@ class InstructionTextMixDataModule(L.LightningDataModule):
         self.instructions, self.instruction_ratio, self.corpus = instructions, instruction_ratio, corpus
         self.num_records, self.max_length, self.block_size = num_records, max_length, block_size
         self.prompt_tokens, self.batch_size, self.val_fraction, self.seed = prompt_tokens, batch_size, val_fraction, seed
+        self.position = TrainPosition(self)
         self.train_set: list[Example] | None = None
         self.val_set: list[Example] = []
 
@@ -105,13 +107,17 @@ class InstructionTextMixDataModule(L.LightningDataModule):
                             self.seed))
         self.train_set, self.val_set = sets
 
-    def _loader(self, examples: list[Example], shuffle: bool) -> DataLoader:
-        pad = pad_id(self.trainer.lightning_module.tokenizer)
-        return seeded_loader(examples, self.batch_size, shuffle, self.seed, lambda b: collate_examples(b, pad),
-                             drop_last=shuffle)
+    def _collate(self, batch: list[Example]) -> Any:
+        return collate_examples(batch, pad_id(self.trainer.lightning_module.tokenizer))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self.position.new_loader(self.train_set, self.batch_size, self.seed, self._collate, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=self._collate)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.position.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.position.load_state_dict(state_dict)

@@ -27,6 +27,7 @@ from lightning_align.models.loading import load_dir, load_model, load_tokenizer
 from lightning_align.models.mlp_width import mlp_widths
 from lightning_align.models.spec import ModelSpec
 from lightning_align.modules.optim import OptimConfig, build_optimizer
+from lightning_align.modules.plain_hparams import save_plain_hyperparameters
 
 KEY = "model.init_args"
 PRIOR_BATCHES = 4  # training batches the neuron prior is measured on
@@ -65,7 +66,7 @@ class IFPruningModule(L.LightningModule):
                  active_width: Optional[PositiveInt] = None, active_ratio: Optional[float] = None,
                  temperature: PositiveFloat = 1.0, optim: OptimConfig = OptimConfig()) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        save_plain_hyperparameters(self)
         if model.lora is not None or model.quantization is not None:
             raise ConfigError(f"{KEY}.model.lora", "IFPruning trains the full model with its predictor; drop lora "
                               "and quantization")
