@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from lightning_align.cli import main
 from lightning_align.data.preference import PreferenceDataModule
-from lightning_align.data.resumable import ResumableLoader
+from lightning_align.data.resumable import EpochOrder, ResumableLoader
 from lightning_align.stage_checkpoints import IDENTITY_FILE, LAST, StageCheckpoints
 from lightning_align.stages.resumed_log import read_rows
 from tests.conftest import TINY_OVERRIDES
@@ -187,3 +187,13 @@ def test_preference_data_resumes_with_the_reference_log_probs_it_was_annotated_w
     resumed.setup("fit")
     resumed.load_state_dict(state)
     assert resumed.train_set.records + resumed.val_set.records == records
+
+
+def test_ranks_share_one_epoch_order_and_resume_within_their_share():
+    """Under DDP each rank takes every second index of the same permutation (Lightning keeps the sampler because it
+    is a DistributedSampler); together the shares cover the epoch, and `start` skips within a rank's own share."""
+    whole = list(EpochOrder(10, seed=3))
+    shares = [EpochOrder(10, seed=3, rank=rank, world_size=2) for rank in (0, 1)]
+    assert [list(share) for share in shares] == [whole[0::2], whole[1::2]]
+    shares[1].begin(epoch=0, start=2)
+    assert list(shares[1]) == whole[1::2][2:]

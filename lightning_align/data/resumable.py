@@ -14,28 +14,33 @@ from typing import Any, Callable, Iterator, Optional, Sized
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 
-class EpochOrder(Sampler[int]):
-    """The shuffled indices of one epoch, from `start` on (`begin` sets both before each pass)."""
+class EpochOrder(DistributedSampler):
+    """This rank's shuffled indices of one epoch, from `start` on (`begin` sets both before each pass).
 
-    def __init__(self, size: int, seed: int) -> None:
+    Every rank draws the same permutation and takes every `num_replicas`-th index from its rank on, padded by
+    repetition to a multiple of the world size as `DistributedSampler` pads; being a `DistributedSampler`, Lightning
+    keeps it under DDP instead of trying to rebuild the loader around its own. One process: the whole permutation.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(range(size), num_replicas=world_size, rank=rank, shuffle=False)
         self.size, self.seed = size, seed
         self.epoch, self.start = 0, 0
 
     def begin(self, epoch: int, start: int) -> None:
         self.epoch, self.start = epoch, start
 
-    def __len__(self) -> int:
-        return self.size
-
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed)
         for _ in range(self.epoch + 1):  # per epoch a DataLoader draws its workers' base seed, then the permutation
             torch.empty((), dtype=torch.int64).random_(generator=generator)
-            order = torch.randperm(self.size, generator=generator)
-        yield from order[self.start:].tolist()
+            order = torch.randperm(self.size, generator=generator).tolist()
+        if self.num_replicas > 1:
+            order = (order + order[:self.total_size - self.size])[self.rank:self.total_size:self.num_replicas]
+        yield from order[self.start:]
 
 
 class ResumableLoader(DataLoader):
@@ -47,8 +52,8 @@ class ResumableLoader(DataLoader):
 
     def __init__(self, dataset: Sized, batch_size: int, seed: int, epoch: Callable[[], int],
                  collate_fn: Callable[[list], Any] | None = None, drop_last: bool = False, num_workers: int = 0,
-                 resume: Optional[dict[str, int]] = None) -> None:
-        self.order = EpochOrder(len(dataset), seed)
+                 resume: Optional[dict[str, int]] = None, rank: int = 0, world_size: int = 1) -> None:
+        self.order = EpochOrder(len(dataset), seed, rank, world_size)
         # its own generator for the workers' base seed, so iterating draws nothing from the global RNG
         super().__init__(dataset, batch_size=batch_size, sampler=self.order, collate_fn=collate_fn,
                          drop_last=drop_last, num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
@@ -84,8 +89,10 @@ class TrainPosition:
                    collate_fn: Callable[[list], Any] | None = None, drop_last: bool = False,
                    num_workers: int = 0) -> ResumableLoader:
         """The training loader, resumed at the restored position if a checkpoint was restored before it is built."""
+        trainer = self.datamodule.trainer
+        share = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         self.loader = ResumableLoader(dataset, batch_size, seed, lambda: self.datamodule.trainer.current_epoch,
-                                      collate_fn, drop_last, num_workers, self.resume)
+                                      collate_fn, drop_last, num_workers, self.resume, *share)
         return self.loader
 
     def state_dict(self) -> dict[str, Any]:
