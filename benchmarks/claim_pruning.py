@@ -138,6 +138,6 @@ def run(scale: Scale) -> ClaimResult:
                              "once (model and training seed 0; seeds vary the calibration and evaluation draw)"))
     setup = (f"{where}; per seed {sizes.calibration} calibration and {sizes.evaluation} evaluation blocks of "
              f"{sizes.block_size} tokens, disjoint, drawn by the seed from the held-out blocks "
-             f"({blocks.size(0)} in all). Budgets: the parameters of 1, 2 and 3 whole layers "
+             f"({blocks.size(0)} in all, so the seeds' sets overlap: they vary the draw, not the corpus). Budgets: the parameters of 1, 2 and 3 whole layers "
              f"({share:.1%} each). Value: held-out perplexity at the method's last step within the budget.")
     return ClaimResult(values=values, seconds=seconds, comparisons=comparisons, setup=setup)

@@ -17,8 +17,10 @@ edit by hand. Every interval is a 95% confidence interval of the mean over seeds
 from 30 seeds up). Arms are paired by seed: the paired t-test and the exact sign-flip permutation test are on the
 per-seed differences (claimed arm minus the other). The verdict reads the interval of that difference: **holds** when
 it lies wholly on the claimed side of 0, **does not hold** when it lies wholly on the other side, **inconclusive at
-this scale** when it covers 0. With 2 seeds the sign-flip test cannot go below p = 0.5 and the t-interval is wide:
-such rows are a check that the comparison runs, not evidence.
+this scale** when it covers 0. The exact sign-flip test cannot go below p = 2/2^n with n seeds (0.5 with 2 seeds,
+0.0625 with 5), so with few seeds it only confirms the direction; the verdict rests on the t-interval, which assumes
+roughly normal per-seed differences. Rows from 2 seeds are a check that the comparison runs, not evidence. Runs
+already under `--out` with the same configuration are reused, so wall times count only what that command ran.
 """
 
 
