@@ -30,8 +30,25 @@ def interval_text(interval: Interval, digits: int = 3) -> str:
     return f"{interval.mean:.{digits}f} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
 
 
-def plot(path: Path, title: str, metric: str, values: Mapping[str, list[float]]) -> Path | None:
-    """Mean and 95% interval of every arm, with the per-seed values; None without matplotlib."""
+def _intervals(ax, rows: Mapping[str, list[float]], xlabel: str) -> None:
+    """One row per entry: the values in grey, the mean and its 95% interval in blue."""
+    for row, values in enumerate(rows.values()):
+        interval = mean_interval(values)
+        ax.scatter(values, [row] * len(values), s=12, color="0.6", zorder=2)
+        if interval.method != "n/a":
+            ax.plot([interval.low, interval.high], [row, row], color="C0", linewidth=2, zorder=1)
+        ax.scatter([interval.mean], [row], s=30, color="C0", zorder=3)
+    ax.set_yticks(range(len(rows)), list(rows), fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.grid(True, axis="x", alpha=0.3)
+
+
+def plot(path: Path, title: str, metric: str, values: Mapping[str, list[float]],
+         comparisons: list[tuple[str, str]]) -> Path | None:
+    """Arms (left) and paired differences (right, claimed arm minus the other, 0 marked): the arms' intervals can
+    overlap where the paired one does not, since seed effects shared by both arms cancel in the difference. None
+    without matplotlib."""
     try:
         import matplotlib
 
@@ -39,19 +56,13 @@ def plot(path: Path, title: str, metric: str, values: Mapping[str, list[float]])
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    names = list(values)
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
-    for row, name in enumerate(names):
-        interval = mean_interval(values[name])
-        ax.scatter(values[name], [row] * len(values[name]), s=12, color="0.6", zorder=2)
-        if interval.method != "n/a":
-            ax.plot([interval.low, interval.high], [row, row], color="C0", linewidth=2, zorder=1)
-        ax.scatter([interval.mean], [row], s=30, color="C0", zorder=3)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel(metric)
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, axis="x", alpha=0.3)
+    differences = {f"{a} − {b}": [x - y for x, y in zip(values[a], values[b])] for a, b in comparisons}
+    height = 0.45 * max(len(values), len(differences)) + 1.4
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, height))
+    _intervals(left, values, metric)
+    _intervals(right, differences, "paired difference")
+    right.axvline(0.0, color="C3", linewidth=1)
+    fig.suptitle(f"{title}: means with 95% intervals, seeds in grey", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -81,7 +92,7 @@ def section(record: dict, claim: Claim, name: str, plot_path: Path | None) -> li
                     [[a, b, interval_text(r.difference), f"{r.t_p:.3g}", f"{r.sign_flip_p:.3g}", f"**{r.verdict}**"]
                      for a, b, r in results]), ""]
     if plot_path is not None:
-        lines += [f"![{claim.name}: means with 95% intervals, seeds in grey](results/{plot_path.name})", ""]
+        lines += [f"![{claim.name}: arms and paired differences, 95% intervals](results/{plot_path.name})", ""]
     if any(r.verdict != "holds" for _, _, r in results):
         lines += [f"**Where it does not hold or stays inconclusive.** {claim.if_not}", ""]
     lines += [f"Left out: {note}" for note in record.get("notes", [])]
@@ -95,7 +106,7 @@ def write_results(results_dir: Path, claims: Mapping[str, Claim]) -> Path:
     for path in sorted((results_dir / "results").glob("*.json")):
         record = json.loads(path.read_text())
         claim = claims[record["claim"]]
-        picture = plot(path.with_suffix(".png"), path.stem, claim.metric, record["values"])
+        picture = plot(path.with_suffix(".png"), path.stem, claim.metric, record["values"], record["comparisons"])
         no_plots |= picture is None
         lines += section(record, claim, path.stem, picture)
     if no_plots:
