@@ -32,7 +32,8 @@ QUICK = [
     "model.num_attention_heads=2", "model.num_key_value_heads=2", "model.max_position_embeddings=64",
     "stages.pretrain.trainer.max_steps=10", "stages.pretrain.trainer.val_check_interval=10",
     "stages.pretrain.trainer.limit_val_batches=1", "stages.pretrain.data.init_args.block_size=32",
-    "stages.sft.trainer.max_steps=4", "stages.sft.trainer.val_check_interval=4", "stages.sft.trainer.limit_val_batches=1",
+    "stages.sft.trainer.max_steps=4", "stages.sft.trainer.val_check_interval=4",
+    "stages.sft.trainer.limit_val_batches=1",
     "stages.sft.data.init_args.num_records=32", "stages.sft.data.init_args.max_length=24",
     "stages.reward.trainer.max_steps=4", "stages.reward.trainer.val_check_interval=4",
     "+stages.reward.trainer.limit_val_batches=1", "stages.reward.data.init_args.num_pairs=32",
@@ -73,7 +74,7 @@ def run(scale: Scale) -> ClaimResult:
     comparisons = [(f"mutual_taught: {m}", f"frozen_rm: {m}") for m in METRICS]
     setup = (f"`pipeline=align`{' with tiny quick sizes' if scale.quick else ''}; pretrain, SFT and r_0 trained once "
              f"(run seed 42) and shared; the `mutual_taught` stage per seed (its seed and prompt draw = the seed), "
-             f"{max(rounds)} round(s). Values: the last round's gold reward and gold win rate vs π_0 (higher is better). "
-             "The first run of the shared stages is counted in the first arm's seconds.")
+             f"{max(rounds)} round(s). Values: the last round's gold reward and gold win rate vs π_0 "
+             "(higher is better). The first run of the shared stages is counted in the first arm's seconds.")
     return ClaimResult(values=values, seconds=seconds, comparisons=comparisons, setup=setup,
                        notes=["Not yet run: the blind-spot task and the gold-reward oracle RM arm (see `ARMS`)."])

@@ -49,7 +49,8 @@ QUICK = Sizes(layers=4, steps=20, block_size=32, calibration=4, evaluation=8, mo
               overrides=("model.vocab_size=300", "model.hidden_size=32", "model.intermediate_size=64",
                          "model.num_attention_heads=2", "model.num_key_value_heads=2",
                          "model.max_position_embeddings=64", "stages.pretrain.data.init_args.block_size=32",
-                         "stages.pretrain.trainer.limit_val_batches=1", "stages.pretrain.trainer.val_check_interval=10"))
+                         "stages.pretrain.trainer.limit_val_batches=1",
+                         "stages.pretrain.trainer.val_check_interval=10"))
 FULL = Sizes(layers=8, steps=300, block_size=128, calibration=32, evaluation=32, model_per_seed=False, overrides=())
 REAL = Sizes(layers=0, steps=0, block_size=64, calibration=8, evaluation=16, model_per_seed=False, overrides=())
 
@@ -57,7 +58,8 @@ REAL = Sizes(layers=0, steps=0, block_size=64, calibration=8, evaluation=16, mod
 def train_embedded(out: Path, sizes: Sizes, seed: int) -> Path:
     """The embedded model pretrained by the pipeline (kept under ``out``: a rerun reuses it); its directory."""
     args = ["pipeline=pretrain_prune", "~pipeline.stages.prune", "~pipeline.stages.evaluate", f"run.dir={out}",
-            f"run.name=model_seed{seed}", f"model.seed={seed}", f"run.seed={seed}", "+trainer.enable_progress_bar=false",
+            f"run.name=model_seed{seed}", f"model.seed={seed}", f"run.seed={seed}",
+            "+trainer.enable_progress_bar=false",
             f"model.num_hidden_layers={sizes.layers}", f"stages.pretrain.trainer.max_steps={sizes.steps}",
             *sizes.overrides]
     trainer = MultiStageTrainer(compose(CONF, "config", args))
@@ -138,6 +140,7 @@ def run(scale: Scale) -> ClaimResult:
                              "once (model and training seed 0; seeds vary the calibration and evaluation draw)"))
     setup = (f"{where}; per seed {sizes.calibration} calibration and {sizes.evaluation} evaluation blocks of "
              f"{sizes.block_size} tokens, disjoint, drawn by the seed from the held-out blocks "
-             f"({blocks.size(0)} in all, so the seeds' sets overlap: they vary the draw, not the corpus). Budgets: the parameters of 1, 2 and 3 whole layers "
-             f"({share:.1%} each). Value: held-out perplexity at the method's last step within the budget.")
+             f"({blocks.size(0)} in all, so the seeds' sets overlap: they vary the draw, not the corpus). Budgets: "
+             f"the parameters of 1, 2 and 3 whole layers ({share:.1%} each). "
+             "Value: held-out perplexity at the method's last step within the budget.")
     return ClaimResult(values=values, seconds=seconds, comparisons=comparisons, setup=setup)
