@@ -8,10 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.claim_pruning import QUICK, split
+from benchmarks.claim_pruning import QUICK, REAL, split
+from benchmarks.claim_pruning import run as run_pruning_claim
 from benchmarks.reproduce import CLAIMS, main
+from benchmarks.reproduce_types import Scale
 from benchmarks.results_page import write_results
-from tests.tiny_decoders import single_thread
+from lightning_align.data.corpus import load_texts
+from lightning_align.models.checkpoint import save_model_dir
+from lightning_align.models.tokenizer import train_bpe
+from tests.tiny_decoders import single_thread, tiny_decoder
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 VERDICTS = ("**holds**", "**does not hold**", "**inconclusive at this scale**")
@@ -30,6 +35,15 @@ def test_quick_blockpruner_claim_runs_over_two_seeds_and_renders(tmp_path: Path)
     text = page.read_text()
     assert "## `blockpruner` (preliminary)" in text and len(verdict_rows(text)) == 6
     assert (tmp_path / "results" / "blockpruner.png").stat().st_size > 1000
+
+
+def test_pruning_claim_on_a_model_directory_uses_the_whole_corpus(tmp_path: Path) -> None:
+    tokenizer = train_bpe(load_texts("embedded")[:200], 300)
+    model_dir = save_model_dir(tiny_decoder("llama", layers=4, vocab=len(tokenizer)), tokenizer, tmp_path / "m", {})
+    result = run_pruning_claim(Scale(quick=True, seeds=1, out=tmp_path / "runs", model=model_dir))
+    assert len(result.values) == 9 and all(len(v) == 1 for v in result.values.values())
+    assert f"{REAL.calibration} calibration and {REAL.evaluation} evaluation blocks" in result.setup
+    assert not (tmp_path / "runs").exists(), "a given model is pruned as it is, never trained"
 
 
 def test_page_keeps_other_records_and_states_clear_verdicts(tmp_path: Path) -> None:
