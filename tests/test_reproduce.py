@@ -1,0 +1,90 @@
+"""`python -m benchmarks.reproduce`: quick mode runs and renders, kept records survive `--only`, bad input exits 2."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.claim_pruning import QUICK, REAL, split
+from benchmarks.claim_pruning import run as run_pruning_claim
+from benchmarks.reproduce import CLAIMS, main
+from benchmarks.reproduce_types import Scale
+from benchmarks.results_page import write_results
+from lightning_align.data.corpus import load_texts
+from lightning_align.models.checkpoint import save_model_dir
+from lightning_align.models.tokenizer import train_bpe
+from tests.tiny_decoders import single_thread, tiny_decoder
+
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+VERDICTS = ("**holds**", "**does not hold**", "**inconclusive at this scale**")
+
+
+def verdict_rows(page: str) -> list[str]:
+    return [line for line in page.splitlines() if line.startswith("| ") and any(v in line for v in VERDICTS)]
+
+
+def test_quick_blockpruner_claim_runs_over_two_seeds_and_renders(tmp_path: Path) -> None:
+    page = main(["--quick", "--only", "blockpruner", "--out", str(tmp_path / "runs"), "--results", str(tmp_path)])
+    record = json.loads((tmp_path / "results" / "blockpruner.json").read_text())
+    assert record["seeds"] == 2 and len(record["values"]) == 9  # 3 methods x 3 budgets
+    assert all(len(v) == 2 and all(math.isfinite(x) and x > 1 for x in v) for v in record["values"].values())
+    assert len(record["comparisons"]) == 6
+    text = page.read_text()
+    assert "## `blockpruner` (preliminary)" in text and len(verdict_rows(text)) == 6
+    assert (tmp_path / "results" / "blockpruner.png").stat().st_size > 1000
+
+
+def test_pruning_claim_on_a_model_directory_uses_the_whole_corpus(tmp_path: Path) -> None:
+    tokenizer = train_bpe(load_texts("embedded")[:200], 300)
+    model_dir = save_model_dir(tiny_decoder("llama", layers=4, vocab=len(tokenizer)), tokenizer, tmp_path / "m", {})
+    result = run_pruning_claim(Scale(quick=True, seeds=1, out=tmp_path / "runs", model=model_dir))
+    assert len(result.values) == 9 and all(len(v) == 1 for v in result.values.values())
+    assert f"{REAL.calibration} calibration and {REAL.evaluation} evaluation blocks" in result.setup
+    assert not (tmp_path / "runs").exists(), "a given model is pruned as it is, never trained"
+
+
+def test_page_keeps_other_records_and_states_clear_verdicts(tmp_path: Path) -> None:
+    records = tmp_path / "results"
+    records.mkdir()
+    base = [0.50, 0.52, 0.48, 0.51, 0.49]
+    record = {"claim": "mutual_taught", "command": "python -m benchmarks.reproduce", "mode": "full", "seeds": 5,
+              "date": "today", "machine": "Machine: test.", "wall_s": 1.0, "seconds": {"mutual_taught": 1.0},
+              "values": {"a": [b + 0.1 for b in base], "b": base, "c": [b - 0.1 for b in base]},
+              "comparisons": [["a", "b"], ["c", "b"]], "setup": "By hand.", "notes": []}
+    (records / "mutual_taught.json").write_text(json.dumps(record))
+    text = write_results(tmp_path, CLAIMS).read_text()
+    rows = verdict_rows(text)
+    assert "**holds**" in rows[0] and "**does not hold**" in rows[1]  # higher is better for this claim
+    assert "(preliminary)" not in text and "Where it does not hold" in text
+    assert "0.100 [0.100, 0.100]" in rows[0]  # a constant difference: a zero-width interval
+
+
+def test_calibration_and_evaluation_draws_are_disjoint_and_vary_with_the_seed() -> None:
+    blocks = torch.arange(40 * 3).reshape(40, 3)
+    calibration, evaluation = split(blocks, QUICK, seed=0)
+    assert (len(calibration), len(evaluation)) == (QUICK.calibration, QUICK.evaluation)
+    assert not {int(r[0]) for r in calibration} & {int(r[0]) for r in evaluation}
+    assert not torch.equal(split(blocks, QUICK, seed=1)[0], calibration)
+    with pytest.raises(SystemExit):
+        split(blocks[:5], QUICK, seed=0)
+
+
+@pytest.mark.parametrize("extra", [["--only", "blockpruner"], ["--only", "mutual_taught"]])
+def test_bad_model_arguments_exit_2(tmp_path: Path, extra: list[str], capsys: pytest.CaptureFixture) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    if "mutual_taught" in extra:
+        (model / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--quick", "--model", str(model), *extra, "--results", str(tmp_path)])
+    assert exit_.value.code == 2 and "--model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_every_claim(tmp_path: Path) -> None:
+    page = main(["--quick", "--out", str(tmp_path / "runs"), "--results", str(tmp_path)]).read_text()
+    assert all(f"## `{name}` (preliminary)" in page for name in CLAIMS)
+    assert len(verdict_rows(page)) == 6 + 3 + 2
