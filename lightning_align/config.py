@@ -134,18 +134,19 @@ def interpolated_keys(raw: dict[str, Any], section: str) -> set[str]:
     scanned = [value for key, value in raw.items() if key not in (section, "stages")]
     scanned += [declared.get(name) for name in (order if isinstance(order, dict) else {})]
     pattern = re.compile(r"\$\{[^{}]*?\b" + re.escape(section) + r"\.(\w+)")
-    return {key for text in _strings(scanned) for key in pattern.findall(text)}
+    return {key for text in config_strings(scanned) for key in pattern.findall(text)}
 
 
-def _strings(value: Any) -> Iterator[str]:
+def config_strings(value: Any) -> Iterator[str]:
+    """Every string inside a nested config of dicts and lists."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _strings(item)
+            yield from config_strings(item)
     elif isinstance(value, list):
         for item in value:
-            yield from _strings(item)
+            yield from config_strings(item)
 
 
 @contextmanager

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from lightning_align.config import config_strings
 from lightning_align.stages.context import StageContext
 from lightning_align.strict_json import write_atomic
 
@@ -65,17 +66,6 @@ def _is_input(path: Path) -> bool:
     return path.is_file() or any((path / name).is_file() for name in ("config.json", "state.json", "dataset_dict.json"))
 
 
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
-
-
 def _input_identity(text: str, ctx: StageContext, done: dict[str, dict[str, Any]], hashes: InputHashes
                     ) -> str | None:
     """What the path `text` names, for the stage's identity; None when it names nothing the stage reads."""
@@ -98,7 +88,7 @@ def _input_identity(text: str, ctx: StageContext, done: dict[str, dict[str, Any]
 def stage_identity(ctx: StageContext, done: dict[str, dict[str, Any]], hashes: InputHashes) -> str:
     """Hash of the stage's effective config and of the identity of every input it names (and the model directory it
     starts from), using the identities of earlier stages as recorded in `done` (state.json's)."""
-    texts = [*_strings(ctx.config), *([str(ctx.input_dir)] if ctx.input_dir is not None else [])]
+    texts = [*config_strings(ctx.config), *([str(ctx.input_dir)] if ctx.input_dir is not None else [])]
     inputs = {text: identity for text in texts
               if (identity := _input_identity(text, ctx, done, hashes)) is not None}
     payload = json.dumps({"config": ctx.config, "inputs": inputs}, sort_keys=True, default=str)
