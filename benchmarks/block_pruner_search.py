@@ -6,7 +6,7 @@ slower), and the naive and official costs of those steps are counted. Work is in
 calibration sequence. The official implementation runs a full forward of the dense model per candidate.
 
     python -m benchmarks.block_pruner_search                      # random 8-layer LLaMA
-    python -m benchmarks.block_pruner_search --model /work/models/smollm2-135m-instruct --steps 3
+    python -m benchmarks.block_pruner_search --model MODEL_DIR --steps 3
     python -m benchmarks.block_pruner_search --quick              # seconds
 """
 from __future__ import annotations
@@ -119,7 +119,7 @@ def steps_on_model(model_dir: Path, sizes: Sizes) -> str:
     search = result.block_forwards - calibration.size(0) * blocks
     rows.append(["all", "", "", f"{clock.marks[-1][0] - clock.marks[0][0]:.0f}", f"{search:,}", f"{official_total:,}",
                  f"{official_total / search:.2f}"])
-    intro = (f"`{model_dir}` ({blocks // 2} layers), {calibration.size(0)}x{sizes.length} calibration tokens of the "
+    intro = (f"`{Path(model_dir).name}` ({blocks // 2} layers), {calibration.size(0)}x{sizes.length} calibration tokens of the "
              f"embedded corpus, batch {sizes.batch}, {torch.get_num_threads()} thread(s), "
              f"`search_cache_mb` {DEFAULT_CACHE_MB:.0f}; dense calibration ppl {result.dense_ppl:.3f}. "
              "Block-forwards of the steps (the dense pass left out; step 1 includes the first walk).")

@@ -133,7 +133,7 @@ def run(scale: Scale) -> ClaimResult:
     share = layer_share(model)
     comparisons = [(arm("blockpruner", k, share), arm(other, k, share))
                    for k in BUDGET_LAYERS for other in ("layer-ppl", "block-influence")]
-    where = (f"`{scale.model}` ({len(model.model.layers)} layers), the whole embedded corpus (it never trained on it)"
+    where = (f"`{Path(scale.model).name}` ({len(model.model.layers)} layers), the whole embedded corpus (it never trained on it)"
              if real else f"the embedded {sizes.layers}-layer tiny LLaMA pretrained {sizes.steps} steps with "
                           "`pipeline=pretrain_prune` "
                           + ("(model and training seed = the seed)" if sizes.model_per_seed else

@@ -117,7 +117,7 @@ def bench(options: Options) -> str:
             model = load_pretrained(dense_dir, dtype=torch.float32).eval()
             calibration, _ = calibration_sets(tokenizer, "embedded", 128, 8, 8, 0.1, 0)
             method, search = "block-influence", block_influence
-            described = f"`{dense_dir}`"
+            described = f"`{Path(dense_dir).name}`"
         result = search(model, calibration, StopRule(target_ratio=max(sizes.ratios)), progress=False)
         arms = {"dense": dense_dir}
         removed = {}

@@ -3,7 +3,7 @@
     python -m benchmarks.reproduce                    # full mode, 5 seeds, every claim (hours on a shared CPU)
     python -m benchmarks.reproduce --quick            # tiny sizes, 2 seeds: checks that every claim runs
     python -m benchmarks.reproduce --only blockpruner --seeds 5
-    python -m benchmarks.reproduce --only blockpruner --model /work/models/smollm2-135m-instruct --seeds 3
+    python -m benchmarks.reproduce --only blockpruner --model MODEL_DIR --seeds 3
 
 Each claim's numbers are kept in ``<results>/results/<record>.json`` (one value per arm and seed, the command, the
 machine); ``<results>/results.md`` is rendered from every kept record, so ``--only`` replaces one claim's section and
