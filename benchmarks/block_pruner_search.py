@@ -7,6 +7,7 @@ calibration sequence. The official implementation runs a full forward of the den
 
     python -m benchmarks.block_pruner_search                      # random 8-layer LLaMA
     python -m benchmarks.block_pruner_search --model MODEL_DIR --steps 3
+    python -m benchmarks.block_pruner_search --model MODEL_DIR --target-ratio 0.25 --cache-mb 6144   # whole search
     python -m benchmarks.block_pruner_search --quick              # seconds
 """
 from __future__ import annotations
@@ -100,14 +101,16 @@ def compare_on_random(sizes: Sizes, repeats: int) -> tuple[str, bool]:
     return f"{intro}\n\n{table(header, rows)}", same
 
 
-def steps_on_model(model_dir: Path, sizes: Sizes) -> str:
-    """The project's search for ``sizes.blocks`` greedy steps on a pretrained model: seconds and work per step."""
+def steps_on_model(model_dir: Path, sizes: Sizes, stop: StopRule | None = None,
+                   cache_mb: float = DEFAULT_CACHE_MB) -> str:
+    """The project's search on a pretrained model (``sizes.blocks`` greedy steps unless ``stop`` says otherwise):
+    seconds and work per step."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = load_pretrained(model_dir, dtype=torch.float32).eval()
     calibration, _ = calibration_sets(tokenizer, "embedded", sizes.length, sizes.sequences, sizes.sequences, 0.1, 0)
     clock = StepClock()
-    result = block_pruner(model, calibration, StopRule(num_blocks=sizes.blocks), batch_size=sizes.batch,
-                          progress=False, checkpoint=clock)
+    result = block_pruner(model, calibration, stop or StopRule(num_blocks=sizes.blocks), batch_size=sizes.batch,
+                          progress=True, cache_mb=cache_mb, checkpoint=clock)
     blocks = 2 * model.config.num_hidden_layers
     rows, official_total = [], 0
     for k, (step, (before, after)) in enumerate(zip(result.steps, zip(clock.marks, clock.marks[1:]))):
@@ -121,7 +124,7 @@ def steps_on_model(model_dir: Path, sizes: Sizes) -> str:
                  f"{official_total / search:.2f}"])
     intro = (f"`{Path(model_dir).name}` ({blocks // 2} layers), {calibration.size(0)}x{sizes.length} calibration tokens of the "
              f"embedded corpus, batch {sizes.batch}, {torch.get_num_threads()} thread(s), "
-             f"`search_cache_mb` {DEFAULT_CACHE_MB:.0f}; dense calibration ppl {result.dense_ppl:.3f}. "
+             f"`search_cache_mb` {cache_mb:.0f}; dense calibration ppl {result.dense_ppl:.3f}. "
              "Block-forwards of the steps (the dense pass left out; step 1 includes the first walk).")
     header = ["step", "removed", "calibration ppl", "seconds", "block-forwards", "official", "official / this"]
     return f"{intro}\n\n{table(header, rows)}"
@@ -141,13 +144,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="local pretrained model directory: a few steps of the fast search")
     parser.add_argument("--steps", type=int, default=REAL.blocks, help="greedy steps on --model")
+    parser.add_argument("--target-ratio", type=float, help="on --model: search until this share of parameters is removed")
+    parser.add_argument("--cache-mb", type=float, default=DEFAULT_CACHE_MB, help="on --model: search_cache_mb")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repetitions on the random model")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--quick", action="store_true", help="4 layers, 4 sequences of 16 tokens, 3 blocks")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model is not None:
-        print(steps_on_model(args.model, Sizes(**{**REAL.__dict__, "blocks": args.steps})))
+        stop = StopRule(target_ratio=args.target_ratio) if args.target_ratio is not None else None
+        print(steps_on_model(args.model, Sizes(**{**REAL.__dict__, "blocks": args.steps}), stop, args.cache_mb))
         return
     text, same = compare_on_random(QUICK if args.quick else DEFAULT, 1 if args.quick else args.repeats)
     print(text)
