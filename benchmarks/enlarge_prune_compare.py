@@ -1,7 +1,8 @@
 """Integrated enlarge → prune → recover vs. the target size from scratch vs. the naive pipeline (IDEA Prune).
 
 Runs `pipeline=enlarge_prune` (with AdamW moments carried across stages, and again without), its `_kd` variant,
-`pipeline=naive_prune` and `pipeline=baseline_target` with the same total step budget, then writes
+`pipeline=naive_prune` and `pipeline=baseline_target` with the same total step budget, and `baseline_target` again
+with the training compute of `enlarge_prune` (`baseline_equal_compute`, steps from `equal_compute_steps`), then writes
 `<out>/report.md`: final held-out perplexity at equal parameter count (ratio to the baseline) and `<out>/lr.png`, the
 LR curves against the global step with stage boundaries.
 
@@ -17,9 +18,12 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from lightning_align.eval.report import plot_lr_curves, read_lr_curve
 from lightning_align.models.checkpoint import load_pretrained
+from lightning_align.models.spec import ModelSpec
 from lightning_align.pipeline import MultiStageTrainer
 from lightning_align.run_config import compose
 
@@ -31,6 +35,7 @@ ARMS = {
     "enlarge_prune_kd": ("enlarge_prune_kd", []),
     "naive_prune": ("naive_prune", []),
     "baseline_target": ("baseline_target", []),
+    "baseline_equal_compute": ("baseline_target", []),  # its step budget: `equal_compute_steps`
 }
 PRUNED = ("enlarge_prune", "enlarge_prune_kd", "naive_prune")
 
@@ -39,6 +44,29 @@ def split_budget(total: int) -> dict[str, int]:
     """Half the steps for the enlarged model, a quarter each for pruning and recovery (IDEA Prune)."""
     prune = total // 4
     return {"enlarge": total - 2 * prune, "prune": prune, "recover": prune}
+
+
+def matmul_parameters(spec: dict) -> int:
+    """Weights a token passes through in matrix products (the input embedding is a lookup, unless tied to the
+    head), for the built model of a ModelSpec; built on the meta device, so it costs neither memory nor time."""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**ModelSpec(**spec).built_sizes()))
+    embedding = model.get_input_embeddings().weight
+    tied = embedding is model.get_output_embeddings().weight
+    return sum(p.numel() for p in model.parameters()) - (0 if tied else embedding.numel())
+
+
+def equal_compute_steps(cfg: DictConfig, total: int) -> int:
+    """Steps of the target size with the training FLOPs of enlarge → prune → recover at ``total`` steps.
+
+    Training costs ~6 FLOPs per matmul weight and token (attention's sequence term is left out: 128-token blocks);
+    the prune stage masks neurons and cuts them out only at its end, so it computes at the enlarged width.
+    """
+    run_model = OmegaConf.to_container(cfg.model, resolve=True)
+    enlarged = {**run_model, **OmegaConf.to_container(cfg.stages.enlarge.model.init_args.model, resolve=True)}
+    budgets = split_budget(total)
+    ratio = matmul_parameters(enlarged) / matmul_parameters(run_model)
+    return round((budgets["enlarge"] + budgets["prune"]) * ratio + budgets["recover"])
 
 
 def overrides(arm: str, out: Path, total: int, quick: bool, batch_size: int | None = None,
@@ -59,7 +87,10 @@ def overrides(arm: str, out: Path, total: int, quick: bool, batch_size: int | No
                  f"stages.prune.trainer.callbacks.0.init_args.every_n_steps={max(1, prune // 20)}"]
         stages = ("enlarge", "prune", "recover", "evaluate")
     else:
-        args.append(f"pipeline.schedule.budgets.train={total}")
+        steps = total
+        if arm == "baseline_equal_compute":
+            steps = equal_compute_steps(compose(CONF, "config", overrides("enlarge_prune", out, total, quick)), total)
+        args.append(f"pipeline.schedule.budgets.train={steps}")
         stages = ("train", "evaluate")
     if batch_size is not None:
         args += [f"stages.{stage}.data.init_args.batch_size={batch_size}" for stage in stages]

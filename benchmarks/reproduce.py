@@ -36,11 +36,14 @@ CLAIMS = {claim.name: claim for claim in (
           claim_pruning.run),
     Claim("enlarge_prune", "Enlarge → prune → recover on one shared LR curve (AdamW moments carried) ends with a lower "
           "held-out perplexity than the naive re-warm-up, than the target size trained from scratch, and than the "
-          "same curve without the moments carried, at equal optimizer steps.", "held-out perplexity", True,
+          "same curve without the moments carried, at equal optimizer steps; also tested: against the target size "
+          "trained with equal compute, and whether KD from the enlarged model helps recovery.",
+          "held-out perplexity", True,
           "Nothing converges in the step budget: the enlarged model is pruned mid-curve, so its head start over the "
-          "target size is small at short budgets, and a re-warm-up's fresh peak learning rate can recover faster "
-          "than the shared curve's decayed one. Test: the same arms at 400+ steps with the enlarged stage trained "
-          "close to convergence (several times the tokens), and a compute-matched row.",
+          "target size is small at short budgets, a re-warm-up's fresh peak learning rate can recover faster than "
+          "the shared curve's decayed one, and the target size given the enlarged model's extra FLOPs as extra "
+          "steps gains as much; a mid-curve teacher is weaker than the recovered student. Test: the same arms with "
+          "the enlarged stage trained close to convergence (several times the tokens: `--steps`).",
           claim_enlarge_prune.run),
     Claim("mutual_taught", "Mutual-Taught (reward model refreshed every round) ends with a higher gold reward and gold "
           "win rate vs π_0 than iterative DPO with r_0 frozen.", "gold reward / win rate", False,

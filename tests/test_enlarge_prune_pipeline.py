@@ -2,16 +2,14 @@
 and the AdamW moments handed from stage to stage only where carrying is on."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks import enlarge_prune_compare
 from lightning_align.algorithms.schedule import RunSchedule
 from lightning_align.models.adam_moments import read_moments
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import enlarge_prune_compare  # noqa: E402
+from lightning_align.run_config import compose
 
 
 @pytest.mark.slow
@@ -25,7 +23,10 @@ def test_quick_comparison_runs_at_equal_size_with_one_shared_curve(tmp_path: Pat
     assert {row["params"] for row in rows} == {by_name["baseline_target"]["params"]}
     assert {row["ffn"] for row in rows} == {32}
     assert list(by_name) == ["enlarge_prune", "enlarge_prune_no_carry", "enlarge_prune_kd", "naive_prune",
-                             "baseline_target"]
+                             "baseline_target", "baseline_equal_compute"]
+    equal = enlarge_prune_compare.equal_compute_steps(
+        compose(enlarge_prune_compare.CONF, "config", enlarge_prune_compare.overrides("enlarge_prune", tmp_path, 16, True)), 16)
+    assert len([s for _, _, xs, _ in by_name["baseline_equal_compute"]["lr"] for s in xs]) == equal > 16
     moments = read_moments(tmp_path / "enlarge_prune" / "prune")
     assert moments["model.layers.0.mlp.down_proj.weight"]["exp_avg"].shape[1] == 32, "moments cut with the neurons"
     assert int(moments["model.norm.weight"]["step"]) == 12, "the prune stage continued the enlarge stage's AdamW"
@@ -47,3 +48,19 @@ def test_quick_comparison_runs_at_equal_size_with_one_shared_curve(tmp_path: Pat
     naive = [lr for _, _, _, ys in by_name["naive_prune"]["lr"] for lr in ys]
     starts = [start for _, start, _, _ in by_name["naive_prune"]["lr"]][1:]
     assert all(naive[s] > naive[s - 1] for s in starts), "the naive pipeline re-warms the LR at each stage"
+
+
+def test_equal_compute_steps_price_the_enlarged_stages_by_their_matmul_weights(tmp_path: Path) -> None:
+    def cfg(enlarged_width: int):
+        args = enlarge_prune_compare.overrides("enlarge_prune", tmp_path, 400, quick=False)
+        return compose(enlarge_prune_compare.CONF, "config",
+                       [*args, f"stages.enlarge.model.init_args.model.intermediate_size={enlarged_width}"])
+
+    target = cfg(344)
+    assert enlarge_prune_compare.equal_compute_steps(target, 400) == 400, "no enlargement: equal steps"
+    spec = dict(target.model)
+    small = enlarge_prune_compare.matmul_parameters(spec)
+    large = enlarge_prune_compare.matmul_parameters({**spec, "intermediate_size": 894})
+    layers, hidden = spec["num_hidden_layers"], spec["hidden_size"]
+    assert large - small == layers * 3 * hidden * (894 - 344), "only the FFN matrices grow"
+    assert enlarge_prune_compare.equal_compute_steps(cfg(894), 400) == round(300 * large / small + 100)
