@@ -63,18 +63,20 @@ class StepClock(SearchCheckpoint):
         self.marks.append((time.perf_counter(), result.block_forwards))
 
 
-def random_llama(sizes: Sizes) -> tuple[torch.nn.Module, torch.Tensor]:
+def random_llama(sizes: Sizes, device: str = "cpu", dtype: torch.dtype = torch.float32
+                 ) -> tuple[torch.nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=256, hidden_size=sizes.hidden, intermediate_size=sizes.hidden * 3,
                          num_hidden_layers=sizes.layers, num_attention_heads=4, num_key_value_heads=4)
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, config.vocab_size, (sizes.sequences, sizes.length), generator=generator)
-    return LlamaForCausalLM(config).eval(), tokens
+    return LlamaForCausalLM(config).to(device=device, dtype=dtype).eval(), tokens
 
 
-def compare_on_random(sizes: Sizes, repeats: int) -> tuple[str, bool]:
+def compare_on_random(sizes: Sizes, repeats: int, device: str = "cpu", dtype: torch.dtype = torch.float32
+                      ) -> tuple[str, bool]:
     """Fast (cache on and off) and naive searches alternating ``repeats`` times; (Markdown, identical?)."""
-    model, tokens = random_llama(sizes)
+    model, tokens = random_llama(sizes, device, dtype)
     stop = StopRule(num_blocks=sizes.blocks)
     variants = {"this project": {"cache_mb": DEFAULT_CACHE_MB}, "without the stream cache": {"cache_mb": 0},
                 "naive": {"reuse_prefix": False}}
@@ -94,7 +96,8 @@ def compare_on_random(sizes: Sizes, repeats: int) -> tuple[str, bool]:
              spread(seconds[name], 3), spread([n / f for n, f in zip(seconds["naive"], seconds[name])])]
             for name, r in results.items()]
     rows.append(["official (counted)", f"{official:,}", "1.00", "", ""])
-    intro = (f"Random LLaMA, {sizes.layers} layers, hidden {sizes.hidden}; {sizes.sequences}x{sizes.length} "
+    intro = (f"Random LLaMA, {sizes.layers} layers, hidden {sizes.hidden}, {device}, {str(dtype).split('.')[1]}; "
+             f"{sizes.sequences}x{sizes.length} "
              f"calibration tokens, batch {sizes.batch}, {sizes.blocks} blocks removed; {repeats} alternating "
              f"repetition(s). Identical order and perplexities: {same}. Block-forwards of the steps (the dense pass left out).")
     header = ["search", "block-forwards", "official / this", "wall s", "naive wall / this"]
@@ -102,11 +105,11 @@ def compare_on_random(sizes: Sizes, repeats: int) -> tuple[str, bool]:
 
 
 def steps_on_model(model_dir: Path, sizes: Sizes, stop: StopRule | None = None,
-                   cache_mb: float = DEFAULT_CACHE_MB) -> str:
+                   cache_mb: float = DEFAULT_CACHE_MB, device: str = "cpu", dtype: torch.dtype = torch.float32) -> str:
     """The project's search on a pretrained model (``sizes.blocks`` greedy steps unless ``stop`` says otherwise):
     seconds and work per step."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = load_pretrained(model_dir, dtype=torch.float32).eval()
+    model = load_pretrained(model_dir, dtype=dtype).to(device).eval()
     calibration, _ = calibration_sets(tokenizer, "embedded", sizes.length, sizes.sequences, sizes.sequences, 0.1, 0)
     clock = StepClock()
     result = block_pruner(model, calibration, stop or StopRule(num_blocks=sizes.blocks), batch_size=sizes.batch,
@@ -122,8 +125,9 @@ def steps_on_model(model_dir: Path, sizes: Sizes, stop: StopRule | None = None,
     search = result.block_forwards - calibration.size(0) * blocks
     rows.append(["all", "", "", f"{clock.marks[-1][0] - clock.marks[0][0]:.0f}", f"{search:,}", f"{official_total:,}",
                  f"{official_total / search:.2f}"])
-    intro = (f"`{Path(model_dir).name}` ({blocks // 2} layers), {calibration.size(0)}x{sizes.length} calibration tokens of the "
-             f"embedded corpus, batch {sizes.batch}, {torch.get_num_threads()} thread(s), "
+    where = f"{torch.get_num_threads()} thread(s)" if device == "cpu" else device
+    intro = (f"`{Path(model_dir).name}` ({blocks // 2} layers, {str(dtype).split('.')[1]}), {calibration.size(0)}x"
+             f"{sizes.length} calibration tokens of the embedded corpus, batch {sizes.batch}, {where}, "
              f"`search_cache_mb` {cache_mb:.0f}; dense calibration ppl {result.dense_ppl:.3f}. "
              "Block-forwards of the steps (the dense pass left out; step 1 includes the first walk).")
     header = ["step", "removed", "calibration ppl", "seconds", "block-forwards", "official", "official / this"]
@@ -132,11 +136,12 @@ def steps_on_model(model_dir: Path, sizes: Sizes, stop: StopRule | None = None,
 
 def bench(options: Options) -> str:
     torch.set_num_threads(options.threads)
-    text, same = compare_on_random(QUICK if options.mode == "quick" else DEFAULT, options.repeats)
+    text, same = compare_on_random(QUICK if options.mode == "quick" else DEFAULT, options.repeats, options.device,
+                                   options.dtype)
     if not same:
         raise SystemExit("BlockPruner: the fast and naive searches disagree")
     if options.model is not None and options.mode != "quick":
-        text += "\n\n" + steps_on_model(options.model, REAL)
+        text += "\n\n" + steps_on_model(options.model, REAL, device=options.device, dtype=options.dtype)
     return text
 
 

@@ -8,6 +8,8 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 START = "<!-- python -m benchmarks: generated from here -->"
 END = "<!-- python -m benchmarks: generated up to here -->"
 VERSIONS = ("torch", "transformers", "lightning", "trl")
@@ -20,10 +22,11 @@ def version(package: str) -> str:
         return "not installed"
 
 
-def machine_lines() -> list[str]:
+def machine_lines(gpu: bool = False) -> list[str]:
     cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "unknown CPU")
     versions = ", ".join(f"{p} {version(p)}" for p in VERSIONS)
-    return [f"Machine: {cpu}, {os.cpu_count()} logical CPUs (shared: timings are noisy, counts are exact); "
+    device = f"GPU: {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}; " if gpu else ""
+    return [f"Machine: {device}{cpu}, {os.cpu_count()} logical CPUs (shared: timings are noisy, counts are exact); "
             f"Python {platform.python_version()}, {versions}."]
 
 

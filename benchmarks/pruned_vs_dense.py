@@ -6,7 +6,8 @@ influence (one forward instead of a greedy search, which takes hours on a CPU; o
 Every arm then runs in its own subprocess (``--arm DIR``) so its peak RSS is its own; the arms alternate,
 repetition after repetition, and the ratios are taken per repetition (dense / pruned for time, pruned / dense for
 throughput), reported as median (min-max). Greedy decoding without an end token, so every arm generates exactly
-``new_tokens`` per sequence.
+``new_tokens`` per sequence. With ``--gpu`` the arms run on the CUDA device in bf16 (timings after a synchronize)
+and the memory column is the peak of allocated GPU memory instead of the process's resident set.
 
     python -m benchmarks --only pruned-vs-dense [--model DIR]
 """
@@ -55,11 +56,19 @@ DEFAULT = Sizes(hidden=256, layers=8, vocab=2048, ratios=(0.1, 0.2, 0.3), batch=
                 new_tokens=32, forwards=5)
 
 
-def measure_arm(model_dir: Path, sizes: Sizes) -> dict[str, float]:
-    """One arm in this process: parameters, median forward ms, generation tokens/s, peak RSS (MiB)."""
-    model = load_pretrained(model_dir, dtype=torch.float32).eval()
+def _clock(device: str) -> float:
+    """Wall time after the device finished its queued work (CUDA runs asynchronously)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def measure_arm(model_dir: Path, sizes: Sizes, device: str = "cpu") -> dict[str, float]:
+    """One arm in this process: parameters, median forward ms, generation tokens/s, peak memory (MiB: resident set
+    on CPU, allocated GPU memory on CUDA)."""
+    model = load_pretrained(model_dir, dtype=torch.bfloat16 if device == "cuda" else torch.float32).to(device).eval()
     generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(3, model.config.vocab_size, (sizes.batch, sizes.length), generator=generator)
+    tokens = torch.randint(3, model.config.vocab_size, (sizes.batch, sizes.length), generator=generator).to(device)
     prompt = tokens[:, : sizes.prompt]
     decode = {"do_sample": False, "eos_token_id": None, "pad_token_id": 0}
     with torch.inference_mode():
@@ -67,21 +76,22 @@ def measure_arm(model_dir: Path, sizes: Sizes) -> dict[str, float]:
         model.generate(prompt, max_new_tokens=2, **decode)
         times = []
         for _ in range(sizes.forwards):
-            start = time.perf_counter()
+            start = _clock(device)
             model(input_ids=tokens, use_cache=False)
-            times.append(time.perf_counter() - start)
-        start = time.perf_counter()
+            times.append(_clock(device) - start)
+        start = _clock(device)
         out = model.generate(prompt, max_new_tokens=sizes.new_tokens, **decode)
-        generate_s = time.perf_counter() - start
+        generate_s = _clock(device) - start
     generated = out[:, sizes.prompt:].numel()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mib()
     return {"params": count_parameters(model), "forward_ms": 1000 * statistics.median(times),
-            "tokens_per_s": generated / generate_s, "peak_rss_mib": peak_rss_mib()}
+            "tokens_per_s": generated / generate_s, "peak_mib": peak}
 
 
-def run_arm(model_dir: Path, sizes: Sizes, threads: int) -> dict[str, float]:
+def run_arm(model_dir: Path, sizes: Sizes, threads: int, device: str = "cpu") -> dict[str, float]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     command = [sys.executable, "-m", "benchmarks.pruned_vs_dense", "--arm", str(model_dir),
-               "--sizes", json.dumps(asdict(sizes)), "--threads", str(threads)]
+               "--sizes", json.dumps(asdict(sizes)), "--threads", str(threads), "--device", device]
     out = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -130,23 +140,24 @@ def bench(options: Options) -> str:
         runs: dict[object, list[dict[str, float]]] = {arm: [] for arm in arms}
         for _ in range(options.repeats):
             for arm, path in arms.items():
-                runs[arm].append(run_arm(path, sizes, options.threads))
+                runs[arm].append(run_arm(path, sizes, options.threads, options.device))
     dense = runs["dense"]
     rows = [["dense", "", f"{dense[0]['params']:,}", f"{statistics.median(r['forward_ms'] for r in dense):.1f} ms",
              f"{statistics.median(r['tokens_per_s'] for r in dense):.1f} tok/s",
-             f"{statistics.median(r['peak_rss_mib'] for r in dense):.0f}"]]
+             f"{statistics.median(r['peak_mib'] for r in dense):.0f}"]]
     for ratio in sizes.ratios:
         pruned = runs[ratio]
         rows.append([f"{ratio:.0%}", f"{removed[ratio]:.1%}", f"{pruned[0]['params'] / dense[0]['params']:.3f}",
                      spread([d["forward_ms"] / p["forward_ms"] for d, p in zip(dense, pruned)]),
                      spread([p["tokens_per_s"] / d["tokens_per_s"] for d, p in zip(dense, pruned)]),
-                     f"{statistics.median(p['peak_rss_mib'] for p in pruned):.0f}"])
-    intro = (f"{described}, pruned by {method}; fp32, {options.threads} thread(s), {options.repeats} alternating "
+                     f"{statistics.median(p['peak_mib'] for p in pruned):.0f}"])
+    where = f"fp32, {options.threads} thread(s)" if options.device == "cpu" else "CUDA, bf16"
+    intro = (f"{described}, pruned by {method}; {where}, {options.repeats} alternating "
              f"repetition(s), each arm a fresh process. Forward: median of {sizes.forwards} forwards of "
              f"{sizes.batch}x{sizes.length} tokens. Generation: {sizes.batch} prompts of {sizes.prompt} tokens, "
              f"{sizes.new_tokens} new tokens each, greedy, KV cache.")
     header = ["target ratio", "removed params", "params (pruned / dense)", "forward speed-up (dense / pruned)",
-              "generation tokens/s (pruned / dense)", "peak RSS MiB"]
+              "generation tokens/s (pruned / dense)", "peak RSS MiB" if options.device == "cpu" else "peak GPU MiB"]
     return f"{intro}\n\n{table(header, rows)}"
 
 
@@ -155,11 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arm", type=Path, required=True, help="model directory to measure")
     parser.add_argument("--sizes", required=True, help="JSON of benchmarks.pruned_vs_dense.Sizes")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     record = json.loads(args.sizes)
     sizes = Sizes(**{**record, "ratios": tuple(record["ratios"])})
-    print(json.dumps(measure_arm(args.arm, sizes)))
+    print(json.dumps(measure_arm(args.arm, sizes, args.device)))
 
 
 if __name__ == "__main__":

@@ -13,18 +13,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 Mode = Literal["quick", "default", "full"]
 MODES: tuple[Mode, ...] = ("quick", "default", "full")
+Device = Literal["cpu", "cuda"]
 
 
 @dataclass(frozen=True)
 class Options:
-    """What every benchmark is told: the mode, an optional pretrained model directory, and repetitions to pair."""
+    """What every benchmark is told: the mode, an optional pretrained model directory, repetitions to pair, and
+    where to run (``cuda``: the GPU form, bf16, as the ``gpu`` pipelines train)."""
 
     mode: Mode
     model: Path | None
     repeats: int
     threads: int
+    device: Device = "cpu"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.device == "cuda" else torch.float32
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,7 @@ class Benchmark:
     summary: str
     modes: tuple[Mode, ...]
     run: Callable[[Options], str]
+    devices: tuple[Device, ...] = ("cpu",)  # "cuda": it has a GPU form (``python -m benchmarks --gpu``)
 
 
 def quoted(main: Callable[[list[str]], object], argv: list[str]) -> str:
@@ -88,9 +98,9 @@ def _enlarge_prune(options: Options) -> str:
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("blockpruner", "BlockPruner search: this project's vs the naive search vs the official pass count",
-              MODES, _block_pruner),
-    Benchmark("pruned-vs-dense", "parameters, forward latency, generation tokens/s and peak RSS at three ratios",
-              MODES, _pruned_vs_dense),
+              MODES, _block_pruner, ("cpu", "cuda")),
+    Benchmark("pruned-vs-dense", "parameters, forward latency, generation tokens/s and peak memory at three ratios",
+              MODES, _pruned_vs_dense, ("cpu", "cuda")),
     Benchmark("peers", "DPO, reward-model and sampling steps against TRL (the `bench` extra)", MODES, _peers),
     Benchmark("logprob-memory", "DPO step memory: full-vocabulary log-softmax vs chunked", ("default", "full"),
               _logprob_memory),

@@ -5,6 +5,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.__main__ import main
 from benchmarks.block_pruner_search import Sizes, steps_on_model
@@ -67,3 +68,30 @@ def test_block_pruner_steps_on_a_model_directory(tmp_path: Path) -> None:
 
 def test_spread_is_the_median_with_min_and_max() -> None:
     assert spread([3.0, 1.0, 2.0]) == "2.00 (1.00-3.00)" and spread([1.5]) == "1.50"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_mode_without_a_cuda_device_is_refused(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--quick", "--gpu"])
+    assert exit_.value.code == 2 and "no CUDA device" in capsys.readouterr().err
+
+
+def test_gpu_mode_refuses_a_benchmark_without_a_gpu_form(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--quick", "--gpu", "--only", "annotate-memory"])
+    assert exit_.value.code == 2 and "annotate-memory has no GPU form" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_quick_gpu_mode_runs_the_gpu_forms_in_bf16(tmp_path: Path) -> None:
+    page = tmp_path / "benchmarks.md"
+    main(["--quick", "--gpu", "--page", str(page)])
+    text = page.read_text()
+    gpu = [name for name, b in BENCHMARKS.items() if "quick" in b.modes and "cuda" in b.devices]
+    assert all(f"### {name}, gpu\n" in text for name in gpu) and "CUDA in bf16" in text
+    assert "cuda, bfloat16" in text and "Identical order and perplexities: True" in text
+    assert "peak GPU MiB" in text
