@@ -8,6 +8,7 @@ calibration sequence. The official implementation runs a full forward of the den
     python -m benchmarks.block_pruner_search                      # random 8-layer LLaMA
     python -m benchmarks.block_pruner_search --model MODEL_DIR --steps 3
     python -m benchmarks.block_pruner_search --model MODEL_DIR --target-ratio 0.25 --cache-mb 6144   # whole search
+    python -m benchmarks.block_pruner_search --model MODEL_DIR --compare --steps 3   # the three searches, side by side
     python -m benchmarks.block_pruner_search --quick              # seconds
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lightning_align.algorithms.block_pruner import (
     block_pruner,
 )
 from lightning_align.data.calibration import calibration_sets
+from lightning_align.models.blocks import all_blocks
 from lightning_align.models.checkpoint import load_pretrained
 
 
@@ -73,35 +75,60 @@ def random_llama(sizes: Sizes, device: str = "cpu", dtype: torch.dtype = torch.f
     return LlamaForCausalLM(config).to(device=device, dtype=dtype).eval(), tokens
 
 
-def compare_on_random(sizes: Sizes, repeats: int, device: str = "cpu", dtype: torch.dtype = torch.float32
-                      ) -> tuple[str, bool]:
-    """Fast (cache on and off) and naive searches alternating ``repeats`` times; (Markdown, identical?)."""
-    model, tokens = random_llama(sizes, device, dtype)
-    stop = StopRule(num_blocks=sizes.blocks)
+def compare_searches(model: torch.nn.Module, tokens: torch.Tensor, blocks: int, batch: int, repeats: int
+                     ) -> tuple[str, bool]:
+    """Fast (cache on and off) and naive searches for ``blocks`` greedy steps, alternating ``repeats`` times;
+    (Markdown table, identical order and perplexities?)."""
+    stop = StopRule(num_blocks=blocks)
     variants = {"this project": {"cache_mb": DEFAULT_CACHE_MB}, "without the stream cache": {"cache_mb": 0},
                 "naive": {"reuse_prefix": False}}
-    block_pruner(model, tokens[: sizes.batch], StopRule(num_blocks=1), batch_size=sizes.batch, progress=False)
+    block_pruner(model, tokens[:batch], StopRule(num_blocks=1), batch_size=batch, progress=False)
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     results: dict[str, SearchResult] = {}
     for _ in range(repeats):
         for name, kwargs in variants.items():
             start = time.perf_counter()
-            results[name] = block_pruner(model, tokens, stop, batch_size=sizes.batch, progress=False, **kwargs)
+            results[name] = block_pruner(model, tokens, stop, batch_size=batch, progress=False, **kwargs)
             seconds[name].append(time.perf_counter() - start)
     naive = results["naive"]
     same = all(r.order == naive.order and [s.ppl for s in r.steps] == [s.ppl for s in naive.steps]
                for r in results.values())
-    official, dense = naive.official_block_forwards, sizes.sequences * 2 * sizes.layers
+    official, dense = naive.official_block_forwards, tokens.size(0) * len(all_blocks(model))
     rows = [[name, f"{r.block_forwards - dense:,}", f"{official / (r.block_forwards - dense):.2f}",
              spread(seconds[name], 3), spread([n / f for n, f in zip(seconds["naive"], seconds[name])])]
             for name, r in results.items()]
     rows.append(["official (counted)", f"{official:,}", "1.00", "", ""])
-    intro = (f"Random LLaMA, {sizes.layers} layers, hidden {sizes.hidden}, {device}, {str(dtype).split('.')[1]}; "
-             f"{sizes.sequences}x{sizes.length} "
-             f"calibration tokens, batch {sizes.batch}, {sizes.blocks} blocks removed; {repeats} alternating "
-             f"repetition(s). Identical order and perplexities: {same}. Block-forwards of the steps (the dense pass left out).")
     header = ["search", "block-forwards", "official / this", "wall s", "naive wall / this"]
-    return f"{intro}\n\n{table(header, rows)}", same
+    return table(header, rows), same
+
+
+def _described(dtype: torch.dtype, tokens: torch.Tensor, batch: int, blocks: int, repeats: int, same: bool) -> str:
+    return (f"{str(dtype).split('.')[1]}; {tokens.size(0)}x{tokens.size(1)} calibration tokens, batch {batch}, "
+            f"{blocks} blocks removed; {repeats} alternating repetition(s). Identical order and perplexities: {same}. "
+            "Block-forwards of the steps (the dense pass left out).")
+
+
+def compare_on_random(sizes: Sizes, repeats: int, device: str = "cpu", dtype: torch.dtype = torch.float32
+                      ) -> tuple[str, bool]:
+    """The three searches on a random LLaMA; (Markdown, identical?)."""
+    model, tokens = random_llama(sizes, device, dtype)
+    text, same = compare_searches(model, tokens, sizes.blocks, sizes.batch, repeats)
+    intro = (f"Random LLaMA, {sizes.layers} layers, hidden {sizes.hidden}, {device}, "
+             + _described(dtype, tokens, sizes.batch, sizes.blocks, repeats, same))
+    return f"{intro}\n\n{text}", same
+
+
+def compare_on_model(model_dir: Path, sizes: Sizes, repeats: int, device: str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> tuple[str, bool]:
+    """The three searches on a pretrained model, on the embedded corpus; (Markdown, identical?)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = load_pretrained(model_dir, dtype=dtype).to(device).eval()
+    tokens, _ = calibration_sets(tokenizer, "embedded", sizes.length, sizes.sequences, sizes.sequences, 0.1, 0)
+    text, same = compare_searches(model, tokens, sizes.blocks, sizes.batch, repeats)
+    where = f"{torch.get_num_threads()} thread(s)" if device == "cpu" else device
+    intro = (f"`{Path(model_dir).name}` ({len(all_blocks(model)) // 2} layers), {where}, "
+             + _described(dtype, tokens, sizes.batch, sizes.blocks, repeats, same))
+    return f"{intro}\n\n{text}", same
 
 
 def steps_on_model(model_dir: Path, sizes: Sizes, stop: StopRule | None = None,
@@ -150,15 +177,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, help="local pretrained model directory: a few steps of the fast search")
     parser.add_argument("--steps", type=int, default=REAL.blocks, help="greedy steps on --model")
     parser.add_argument("--target-ratio", type=float, help="on --model: search until this share of parameters is removed")
+    parser.add_argument("--compare", action="store_true",
+                        help="on --model: this search, the one without the stream cache and the naive one, alternating")
+    parser.add_argument("--sequences", type=int, default=REAL.sequences, help="on --model: calibration sequences")
+    parser.add_argument("--length", type=int, default=REAL.length, help="on --model: tokens per calibration sequence")
     parser.add_argument("--cache-mb", type=float, default=DEFAULT_CACHE_MB, help="on --model: search_cache_mb")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating repetitions on the random model")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating repetitions (random model, or --compare)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--quick", action="store_true", help="4 layers, 4 sequences of 16 tokens, 3 blocks")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model is not None:
+        sizes = Sizes(**{**REAL.__dict__, "blocks": args.steps, "sequences": args.sequences, "length": args.length})
+        if args.compare:
+            text, same = compare_on_model(args.model, sizes, args.repeats)
+            print(text)
+            if not same:
+                raise SystemExit("fast and naive searches disagree")
+            return
         stop = StopRule(target_ratio=args.target_ratio) if args.target_ratio is not None else None
-        print(steps_on_model(args.model, Sizes(**{**REAL.__dict__, "blocks": args.steps}), stop, args.cache_mb))
+        print(steps_on_model(args.model, sizes, stop, args.cache_mb))
         return
     text, same = compare_on_random(QUICK if args.quick else DEFAULT, 1 if args.quick else args.repeats)
     print(text)

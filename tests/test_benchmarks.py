@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmarks.__main__ import main
-from benchmarks.block_pruner_search import Sizes, steps_on_model
+from benchmarks.block_pruner_search import Sizes, compare_on_model, steps_on_model
 from benchmarks.page import END, START, spread, write_page
 from benchmarks.registry import BENCHMARKS
 from lightning_align.data.corpus import load_texts
@@ -55,15 +55,28 @@ def test_a_missing_model_directory_is_refused_in_one_line(tmp_path: Path, capsys
     assert exit_.value.code == 2 and "no config.json" in capsys.readouterr().err
 
 
-def test_block_pruner_steps_on_a_model_directory(tmp_path: Path) -> None:
+def _tiny_model_dir(tmp_path: Path) -> Path:
     tokenizer = train_bpe(load_texts("embedded")[:200], 300)
-    model_dir = save_model_dir(tiny_decoder("llama", layers=3, vocab=len(tokenizer)), tokenizer, tmp_path / "m", {})
+    return save_model_dir(tiny_decoder("llama", layers=3, vocab=len(tokenizer)), tokenizer, tmp_path / "m", {})
+
+
+def test_block_pruner_steps_on_a_model_directory(tmp_path: Path) -> None:
+    model_dir = _tiny_model_dir(tmp_path)
     text = steps_on_model(model_dir, Sizes(layers=0, hidden=0, sequences=3, length=16, blocks=2, batch=2))
     rows = [line.split(" | ") for line in text.splitlines() if line.startswith(("| 1 |", "| 2 |", "| all |"))]
     assert len(rows) == 3
     # official: a full 6-block forward per candidate, 6 then 5 candidates, 3 sequences
     assert [int(r[5].replace(",", "")) for r in rows] == [6 * 6 * 3, 5 * 6 * 3, 11 * 6 * 3]
     assert all(int(r[4].replace(",", "")) < int(r[5].replace(",", "")) for r in rows)
+
+
+def test_the_three_searches_agree_side_by_side_on_a_model_directory(tmp_path: Path) -> None:
+    text, same = compare_on_model(_tiny_model_dir(tmp_path), Sizes(layers=0, hidden=0, sequences=3, length=16,
+                                                                   blocks=2, batch=2), repeats=2)
+    assert same and "Identical order and perplexities: True" in text
+    counts = {line.split(" | ")[0].lstrip("| "): int(line.split(" | ")[1].replace(",", ""))
+              for line in text.splitlines() if line.startswith("| ") and line[2].isalpha() and "search" not in line}
+    assert counts["this project"] <= counts["without the stream cache"] < counts["naive"] <= counts["official (counted)"]
 
 
 def test_spread_is_the_median_with_min_and_max() -> None:
