@@ -24,6 +24,7 @@ MT = "stages.mutual_taught"
 ARMS = {
     "mutual_taught": [f"{MT}.model.init_args.reward_refresh=true"],
     "frozen_rm": [f"{MT}.model.init_args.reward_refresh=false"],
+    "oracle_rm": [f"{MT}.model.init_args.reward_refresh=false", f"{MT}.model.init_args.ranker=gold"],
 }
 METRICS = ("gold_reward", "gold_win_rate")
 QUICK_SAMPLING = "{max_new_tokens:6,temperature:1.0,top_p:1.0,batch_size:64}"
@@ -72,6 +73,7 @@ def run(scale: Scale) -> ClaimResult:
             for metric in METRICS:
                 values.setdefault(f"{arm}: {metric}", []).append(float(row[metric]))
     comparisons = [(f"mutual_taught: {m}", f"frozen_rm: {m}") for m in METRICS]
+    comparisons += [(f"oracle_rm: {m}", f"mutual_taught: {m}") for m in METRICS]
     setup = (f"`pipeline=align`{' with tiny quick sizes' if scale.quick else ''}; pretrain, SFT and r_0 trained once "
              f"(run seed 42) and shared; the `mutual_taught` stage per seed (its seed and prompt draw = the seed), "
              f"{max(rounds)} round(s). Values: the last round's gold reward and gold win rate vs π_0 "

@@ -14,6 +14,8 @@ from lightning_align.algorithms.mutual_taught import (
 )
 from lightning_align.algorithms.reward_training import RewardFitConfig
 from lightning_align.algorithms.sampling import SamplingConfig
+from lightning_align.data.gold_task import gold_reward
+from lightning_align.data.preference import GOLD
 from lightning_align.errors import ConfigError
 from lightning_align.rank_zero import run_on_rank_zero
 
@@ -30,7 +32,8 @@ class MutualTaughtRounds(L.Callback):
     evenly spaced snapshots of the policy are kept in CPU memory. Round end (`on_train_epoch_end`): `end_round`
     loads π_t into the module and, unless the module has `reward_refresh: false` (frozen-RM ablation) or the τ rule
     stopped the rounds, makes the refitted r_t the module's reward model (a submodule, so Lightning moves and
-    checkpoints its weights). With `self_aggregation`, a GSA answer of π_{t-1} joins the k samples
+    checkpoints its weights). With the module's `ranker: gold` the gold reward ranks and selects instead of the RM
+    (the oracle ceiling; refused in `setup` when the prompts have no gold reward). With `self_aggregation`, a GSA answer of π_{t-1} joins the k samples
     (`aggregation_template` matters for a model that does not follow instructions, docs/generation.md).
 
     Everything else a round needs to continue (its index, pairs with their reference log-probs, baselines,
@@ -69,9 +72,14 @@ class MutualTaughtRounds(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if getattr(pl_module, "reward_model", None) is None:
             raise ConfigError("model.init_args.reward_model", "Mutual-Taught needs a reward model directory")
+        oracle = pl_module.ranker == "gold"
+        if oracle and getattr(trainer.datamodule, "prompts", None) != GOLD:
+            raise ConfigError("model.init_args.ranker", "ranker: gold needs the built-in task's gold reward "
+                              "(data.init_args.prompts: gold); your own prompts have none")
         self.config = RoundConfig(self.num_samples, self.sampling, self.tau, pl_module.max_length, self.seed,
                                   self.fit if pl_module.reward_refresh else None,
-                                  self.aggregation_template if self.self_aggregation else None)
+                                  self.aggregation_template if self.self_aggregation else None,
+                                  gold_reward if oracle else None)
 
     @property
     def finished_rounds(self) -> int:

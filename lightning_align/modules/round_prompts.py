@@ -58,7 +58,8 @@ class RoundPromptsDataModule(L.LightningDataModule):
     def set_round_pairs(self, records: list[dict[str, Any]]) -> None:
         """Replace the pairs behind this epoch's slots (called at round start, after the loader exists)."""
         if not records:
-            raise DataError(self.prompts, "the reward model ranked every sampled response equally: no E-step pairs")
+            raise DataError(self.prompts, "every sampled response was ranked equally (by the reward model or gold "
+                            "reward): no E-step pairs")
         self.train_set.records = records
 
     def train_dataloader(self) -> DataLoader:
