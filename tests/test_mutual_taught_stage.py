@@ -1,6 +1,7 @@
 """The Mutual-Taught stage on tiny models: rounds, the M-step from r_0, frozen-RM ablation, the τ stop, checkpoint
 selection, reference log-probs, an exact mid-round resume, config errors."""
 import copy
+import shutil
 from types import SimpleNamespace
 
 import lightning as L
@@ -23,8 +24,9 @@ from lightning_align.errors import ConfigError
 from lightning_align.models.spec import ModelSpec
 from lightning_align.modules.optim import OptimConfig
 from lightning_align.modules.policy import PolicyModule
-from lightning_align.modules.reward import RewardModule
+from lightning_align.modules.reward import TRAIN_PAIRS, RewardModule, read_saved_pairs
 from lightning_align.modules.round_prompts import RoundPromptsDataModule
+from tests.conftest import PAIRS, write_pairs
 
 SAMPLING = SamplingConfig(max_new_tokens=6, temperature=1.0, top_p=1.0)
 FIT = RewardFitConfig(epochs=1, batch_size=8)
@@ -188,10 +190,10 @@ def test_gold_metrics_score_exactly_the_pairs_the_reward_stage_held_out(tmp_path
         torch.nn.init.normal_(reward.model.score.weight, std=0.5)
     L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(
         reward, datamodule=pairs, verbose=False)
-    gold = GoldRoundMetrics(sampling=SAMPLING)
-    module, _, _ = _run(tiny_lm_dir, reward.export(tmp_path / "rm"), rounds=1, refresh=False,
-                        callbacks=[_rounds(), gold])
+    gold, exported = GoldRoundMetrics(sampling=SAMPLING), reward.export(tmp_path / "rm")
+    module, _, _ = _run(tiny_lm_dir, exported, rounds=1, refresh=False, callbacks=[_rounds(), gold])
     as_tuples = lambda records: [(r["prompt"], r["chosen"], r["rejected"]) for r in records]  # noqa: E731
+    assert as_tuples(read_saved_pairs(exported, TRAIN_PAIRS)) == as_tuples(pairs.train_set.records)
     heldout = as_tuples(gold.heldout)
     assert heldout == as_tuples(pairs.val_set.records) and len(heldout) == 4
     assert not set(heldout) & set(as_tuples(pairs.train_set.records))
@@ -255,3 +257,24 @@ def test_the_oracle_arm_wires_the_tasks_gold_reward_and_is_refused_without_one(t
     prompts.write_text('{"prompt": "my own"}\n')
     with pytest.raises(ConfigError, match="model.init_args.ranker.*gold reward"):
         rounds.setup(SimpleNamespace(datamodule=RoundPromptsDataModule(str(prompts))), oracle, "fit")
+
+
+def test_replay_adds_exactly_r0s_training_pairs_to_the_m_step(tmp_path, tiny_lm_dir, rm_dir, monkeypatch):
+    fit, seen = mutual_taught.fit_reward_model, []
+
+    def recording_fit(model, tokenizer, records, *args):
+        seen.append([dict(r) for r in records])
+        return fit(model, tokenizer, records, *args)
+
+    monkeypatch.setattr(mutual_taught, "fit_reward_model", recording_fit)
+    replaying = shutil.copytree(rm_dir, tmp_path / "r0")
+    write_pairs(replaying / TRAIN_PAIRS, PAIRS)
+    plain, _, _ = _run(tiny_lm_dir, rm_dir, rounds=1, callbacks=[_rounds()])
+    replayed, _, _ = _run(tiny_lm_dir, replaying, rounds=1, callbacks=[_rounds(replay_reward_pairs=True)])
+    without, with_replay = seen
+    assert with_replay == without + PAIRS
+    assert replayed.rounds[0]["replay_pairs"] == len(PAIRS) and "replay_pairs" not in plain.rounds[0]
+    with pytest.raises(ConfigError, match="replay_reward_pairs.*train_pairs.jsonl"):
+        _run(tiny_lm_dir, rm_dir, rounds=1, callbacks=[_rounds(replay_reward_pairs=True)])
+    with pytest.raises(ConfigError, match="replay_reward_pairs.*reward_refresh: false"):
+        _run(tiny_lm_dir, replaying, rounds=1, refresh=False, callbacks=[_rounds(replay_reward_pairs=True)])

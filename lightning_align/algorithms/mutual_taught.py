@@ -9,7 +9,8 @@ Round t starts from policy π_{t-1} and reward model r_{t-1}:
    caller's training loop (`callbacks/mutual_taught_rounds.py` drives it through Lightning).
 3. `end_round` (§4.1 then §4.2): the snapshot whose selection responses r_{t-1} prefers most often to π_{t-1}'s
    (ties ½) becomes π_t; if even the best wins less than τ of the time, π_{t-1} is kept and the rounds stop. Else
-   M-step: pairs y_new ~ π_t ≻ y_old, filtered by ε, plus the E-step pairs; a copy of r_0 trained on them is r_t.
+   M-step: pairs y_new ~ π_t ≻ y_old, filtered by ε, plus the E-step pairs; a copy of r_0 trained on them is r_t
+   (with the replay extension, r_0's own training pairs join them).
 
 Every draw has its own generator per (seed, round, purpose), so reruns and resumes draw the same samples.
 """
@@ -126,7 +127,8 @@ def snapshot_batches(batches: int, checkpoints: int) -> set[int]:
 class RoundConfig:
     """One round's settings. `fit` None keeps r_0 for every round (iterative DPO with a frozen RM); an
     `aggregation_template` adds a Generative Self-Aggregation answer (arXiv 2503.04104) to the k samples; `gold`
-    (a response's gold reward) ranks and selects in place of r_{t-1}: the oracle-RM ceiling of the ablations."""
+    (a response's gold reward) ranks and selects in place of r_{t-1}: the oracle-RM ceiling of the ablations;
+    `replay` (r_0's own training pairs) joins every M-step's data, an extension beyond the paper."""
 
     num_samples: int
     sampling: SamplingConfig
@@ -136,6 +138,7 @@ class RoundConfig:
     fit: Optional[RewardFitConfig] = None
     aggregation_template: Optional[str] = None
     gold: Optional[Callable[[str], float]] = None
+    replay: tuple[dict[str, str], ...] = ()
 
 
 @dataclass
@@ -240,8 +243,11 @@ def end_round(policy: PreTrainedModel, snapshots: list[State], start_state: Stat
     refit = base_reward_model()
     refit.requires_grad_(True)
     with torch.enable_grad():
-        stats = fit_reward_model(refit, tokenizer, pairs + e_pairs, config.fit, config.max_length)
+        stats = fit_reward_model(refit, tokenizer, pairs + e_pairs + list(config.replay), config.fit,
+                                 config.max_length)
     refit.requires_grad_(False)
     end.reward_model = refit
     end.m_step = {"m_pairs": len(pairs), "epsilon": epsilon, "rm_fit_accuracy": stats["accuracy"]}
+    if config.replay:
+        end.m_step["replay_pairs"] = len(config.replay)
     return end
