@@ -67,7 +67,8 @@ QUICK = [
 def arm_rounds(out: Path, arm: str, seed: int, quick: bool) -> list[dict[str, float | None]]:
     """Run (or reuse) the shared stages and this arm's ``mutual_taught`` stage; its rows from round 0 (π_0, r_0) on,
     reduced to ``PER_ROUND`` (None where a value is NaN: no fresh pairs, say)."""
-    args = ["pipeline=align", "~pipeline.stages.evaluate", f"run.dir={out}", "run.name=align", f"+data.gold_task={TASK}",
+    args = ["pipeline=align", "~pipeline.stages.evaluate", f"run.dir={out}", "run.name=align",
+            f"+data.gold_task={TASK}",
             "+trainer.enable_progress_bar=false", f"+{MT}.seed_everything={seed}", f"+{MT}.data.init_args.seed={seed}",
             *ARMS[arm], *(QUICK if quick else [])]
     trainer = MultiStageTrainer(compose(CONF, "config", args))

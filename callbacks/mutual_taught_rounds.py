@@ -35,8 +35,9 @@ class MutualTaughtRounds(L.Callback):
     stopped the rounds, makes the refitted r_t the module's reward model (a submodule, so Lightning moves and
     checkpoints its weights). With the module's `ranker: gold` the gold reward ranks and selects instead of the RM
     (the oracle ceiling; refused in `setup` when the prompts have no gold reward). `replay_reward_pairs` adds r_0's
-    own training pairs (`train_pairs.jsonl` of its directory) to every M-step: an extension beyond the paper. With `self_aggregation`, a GSA answer of π_{t-1} joins the k samples
-    (`aggregation_template` matters for a model that does not follow instructions, docs/generation.md).
+    own training pairs (`train_pairs.jsonl` of its directory) to every M-step: an extension beyond the paper.
+    With `self_aggregation`, a GSA answer of π_{t-1} joins the k samples (`aggregation_template` matters for a
+    model that does not follow instructions, docs/generation.md).
 
     Everything else a round needs to continue (its index, pairs with their reference log-probs, baselines,
     snapshots, the finished rounds' rows) is in `state_dict`, so a run resumed from a checkpoint taken anywhere in a

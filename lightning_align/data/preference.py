@@ -196,7 +196,8 @@ class PreferenceDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.train_set is not None:
             return
-        train, val = split_records(load_pairs(self.path, self.num_pairs, self.seed, self.gold_task), self.val_fraction, self.seed)
+        pairs = load_pairs(self.path, self.num_pairs, self.seed, self.gold_task)
+        train, val = split_records(pairs, self.val_fraction, self.seed)
         self.train_set, self.val_set = PairSlots(train), PairSlots(val)
 
     def _annotate(self) -> None:
