@@ -46,10 +46,15 @@ CLAIMS = {claim.name: claim for claim in (
           "the enlarged stage trained close to convergence (several times the tokens: `--steps`).",
           claim_enlarge_prune.run),
     Claim("mutual_taught", "Mutual-Taught (reward model refreshed every round) ends with a higher gold reward and gold "
-          "win rate vs π_0 than iterative DPO with r_0 frozen.", "gold reward / win rate", False,
-          "The built-in task gives r_0 no blind spot to drift into, so a frozen r_0 stays good enough on the policy's "
-          "samples and the refresh has little to correct, while refitting from ~190 self-labelled pairs costs "
-          "accuracy. Test: the blind-spot task with the gold-reward oracle RM as the ceiling (not yet built).",
+          "win rate vs π_0 than iterative DPO with r_0 frozen, on a task where r_0 has a blind spot the policy can "
+          "drift into; the gold-reward oracle ranker is the ceiling; replaying r_0's pairs (an extension) helps "
+          "further.", "gold reward / win rate", False,
+          "The M-step labels y_new ≻ y_old on the premise that the E-step improved the policy. Where the policy "
+          "improved only in r_{t-1}'s eyes (it drifted into the blind spot), those labels teach r_t the blind spot "
+          "too, and no pair in the loop carries the information r_0 lacks; the per-round table shows whether r_t "
+          "beats r_{t-1} on π_t's samples. Test: more RM prompts per round and more rounds, or an RM prompt split "
+          "drawn from where the policy goes; with no gain even then, the refresh cannot repair a blind spot at this "
+          "scale.",
           claim_mutual_taught.run),
 )}
 FULL_SEEDS, QUICK_SEEDS = 5, 2
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> Path:
                   "seeds": seeds, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   "machine": machine_lines()[0], "wall_s": time.perf_counter() - start, "values": result.values,
                   "seconds": result.seconds, "comparisons": result.comparisons, "setup": result.setup,
-                  "notes": result.notes}
+                  "notes": result.notes, **({"per_round": result.per_round} if result.per_round else {})}
         path = records / f"{record_name(name, args.model)}.json"
         path.write_text(json.dumps(record, indent=1) + "\n")
         print(f"{name}: {seeds} seed(s) in {record['wall_s']:.0f} s -> {path}")

@@ -20,13 +20,16 @@ class Scale:
 @dataclass(frozen=True)
 class ClaimResult:
     """One value per seed for every arm (same seed order in every arm, so arms pair up by position), the wall
-    seconds each arm took over all seeds, the (claimed better, other) pairs to test, and how it was run."""
+    seconds each arm took over all seeds, the (claimed better, other) pairs to test, and how it was run.
+    ``per_round`` (claims that run rounds): per arm, per seed, one row of metrics per round (a "round" key, None
+    where a value could not be measured); the page shows their means per arm and round."""
 
     values: dict[str, list[float]]
     seconds: dict[str, float]
     comparisons: list[tuple[str, str]]
     setup: str
     notes: list[str] = field(default_factory=list)
+    per_round: dict[str, list[list[dict[str, float | None]]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

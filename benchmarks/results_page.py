@@ -8,6 +8,7 @@ from pathlib import Path
 from benchmarks.page import table
 from benchmarks.reproduce_types import Claim
 from benchmarks.statistics import Interval, PairedResult, compare, mean_interval
+from lightning_align.eval.round_report import PLOTTED
 
 PRELIMINARY_BELOW = 5  # seeds
 INTRO = """# Reproducing the methods' claims
@@ -69,6 +70,23 @@ def plot(path: Path, title: str, metric: str, values: Mapping[str, list[float]],
     return path
 
 
+def round_table(per_round: Mapping[str, list[list[dict]]]) -> list[str]:
+    """Per arm and round, each metric's mean over the seeds that measured it (a run the τ rule stopped early has no
+    later rounds; None marks a value that could not be measured), and how many seeds reached the round."""
+    metrics = [k for k in next(iter(per_round.values()))[0][0] if k != "round"]
+    rows = []
+    for arm, runs in per_round.items():
+        for number in sorted({row["round"] for rows in runs for row in rows}):
+            reached = [row for rows in runs for row in rows if row["round"] == number]
+            cells = []
+            for metric in metrics:
+                measured = [row[metric] for row in reached if row.get(metric) is not None]
+                cells.append(f"{sum(measured) / len(measured):.3f}" if measured else "–")
+            rows.append([str(number), arm, *cells, str(len(reached))])
+    header = ["round", "arm", *(PLOTTED.get(m, m) for m in metrics), "seeds"]
+    return ["Per round (round 0: π_0 and r_0; means over seeds):", "", table(header, rows), ""]
+
+
 def section(record: dict, claim: Claim, name: str, plot_path: Path | None) -> list[str]:
     values: dict[str, list[float]] = record["values"]
     seeds = record["seeds"]
@@ -91,6 +109,8 @@ def section(record: dict, claim: Claim, name: str, plot_path: Path | None) -> li
               table(["claimed better", "than", "difference [95% CI]", "paired t p", "sign-flip p", "verdict"],
                     [[a, b, interval_text(r.difference), f"{r.t_p:.3g}", f"{r.sign_flip_p:.3g}", f"**{r.verdict}**"]
                      for a, b, r in results]), ""]
+    if record.get("per_round"):
+        lines += round_table(record["per_round"])
     if plot_path is not None:
         lines += [f"![{claim.name}: arms and paired differences, 95% intervals](results/{plot_path.name})", ""]
     if any(r.verdict != "holds" for _, _, r in results):

@@ -11,11 +11,11 @@ from jsonargparse.typing import PositiveInt
 from lightning_align.algorithms.mutual_taught import round_generator
 from lightning_align.algorithms.sampling import SamplingConfig, sample_responses, score_responses
 from lightning_align.callbacks.mutual_taught_rounds import MutualTaughtRounds
-from lightning_align.data.gold_task import gold_reward, gold_win_rate
+from lightning_align.data.gold_task import gold_reward, gold_win_rate, repetitive, task_gold_reward
 from lightning_align.data.preference import GOLD
 from lightning_align.errors import ConfigError
 from lightning_align.eval.round_report import round_table
-from lightning_align.modules.reward import HELDOUT_PAIRS, read_heldout_pairs
+from lightning_align.modules.reward import HELDOUT_PAIRS, read_saved_pairs
 
 log = logging.getLogger(__name__)
 EVAL_ROUND = 10_000  # generator "round" reserved for evaluation draws, identical every round
@@ -30,7 +30,9 @@ class GoldRoundMetrics(L.Callback):
       two of `fresh_samples` π_t samples per prompt with different gold rewards — the distribution-shift point of
       the paper (all pairs of a prompt are used, to cut the variance of a small selection set);
     - `rm_accuracy_heldout`: accuracy of r_t on the pairs the reward stage held out, read from the r_0 directory
-      (`heldout_pairs.jsonl`, written by `RewardModule.export`); NaN with a warning if that directory has none.
+      (`heldout_pairs.jsonl`, written by `RewardModule.export`); NaN with a warning if that directory has none;
+    - `repetitive_share`: share of π_t's responses that are repetitive, the `blind_spot` variant's blind spot.
+    The gold reward is that of the datamodule's variant (`gold_task`).
     Must follow `MutualTaughtRounds`, whose round state it only reads (r_{t-1} as `ranking_reward_model`, the
     rows for the log); it keeps its own rows (`round_rows()`, merged into the module's `rounds` by round) and logs
     `round/<name>`. With a user's own prompts (no gold reward) it warns once and does nothing.
@@ -46,6 +48,7 @@ class GoldRoundMetrics(L.Callback):
         self._rows: list[dict[str, Any]] = []
         self._initial: list[str] = []
         self.enabled = True
+        self.gold = gold_reward
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.enabled = getattr(trainer.datamodule, "prompts", None) == GOLD
@@ -57,7 +60,8 @@ class GoldRoundMetrics(L.Callback):
                               "the policy each round selects)")
         self.driver = trainer.callbacks[driver[0]]
         if self.enabled:
-            self.heldout = read_heldout_pairs(pl_module.reward_model_path) or []
+            self.gold = task_gold_reward(trainer.datamodule.gold_task)
+            self.heldout = read_saved_pairs(pl_module.reward_model_path) or []
             if not self.heldout:
                 log.warning("GoldRoundMetrics: %s has no %s (the reward stage writes it); rm_accuracy_heldout is NaN",
                             pl_module.reward_model_path, HELDOUT_PAIRS)
@@ -86,16 +90,17 @@ class GoldRoundMetrics(L.Callback):
         for prompt, group in zip(prompts, self._responses(pl_module, prompts, self.fresh_samples, 1)):
             for i, a in enumerate(group):
                 for b in group[i + 1:]:
-                    if gold_reward(a) != gold_reward(b):
-                        chosen, rejected = (a, b) if gold_reward(a) > gold_reward(b) else (b, a)
+                    if self.gold(a) != self.gold(b):
+                        chosen, rejected = (a, b) if self.gold(a) > self.gold(b) else (b, a)
                         fresh.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
         return {
-            "gold_reward": sum(map(gold_reward, responses)) / len(responses),
-            "gold_win_rate": gold_win_rate(responses, self._initial),
+            "gold_reward": sum(map(self.gold, responses)) / len(responses),
+            "gold_win_rate": gold_win_rate(responses, self._initial, self.gold),
             "rm_prev_accuracy_fresh": self._accuracy(pl_module, previous, fresh),
             "rm_accuracy_fresh": self._accuracy(pl_module, pl_module.reward_model, fresh),
             "rm_accuracy_heldout": self._accuracy(pl_module, pl_module.reward_model, self.heldout),
             "fresh_pairs": float(len(fresh)),
+            "repetitive_share": sum(map(repetitive, responses)) / len(responses),
         }
 
     def _add(self, trainer: L.Trainer, pl_module: L.LightningModule, round_number: int,

@@ -14,7 +14,10 @@ from lightning_align.algorithms.mutual_taught import (
 )
 from lightning_align.algorithms.reward_training import RewardFitConfig
 from lightning_align.algorithms.sampling import SamplingConfig
+from lightning_align.data.gold_task import task_gold_reward
+from lightning_align.data.preference import GOLD
 from lightning_align.errors import ConfigError
+from lightning_align.modules.reward import TRAIN_PAIRS, read_saved_pairs
 from lightning_align.rank_zero import run_on_rank_zero
 
 def _snapshot(pl_module: L.LightningModule) -> State:
@@ -30,8 +33,11 @@ class MutualTaughtRounds(L.Callback):
     evenly spaced snapshots of the policy are kept in CPU memory. Round end (`on_train_epoch_end`): `end_round`
     loads π_t into the module and, unless the module has `reward_refresh: false` (frozen-RM ablation) or the τ rule
     stopped the rounds, makes the refitted r_t the module's reward model (a submodule, so Lightning moves and
-    checkpoints its weights). With `self_aggregation`, a GSA answer of π_{t-1} joins the k samples
-    (`aggregation_template` matters for a model that does not follow instructions, docs/generation.md).
+    checkpoints its weights). With the module's `ranker: gold` the gold reward ranks and selects instead of the RM
+    (the oracle ceiling; refused in `setup` when the prompts have no gold reward). `replay_reward_pairs` adds r_0's
+    own training pairs (`train_pairs.jsonl` of its directory) to every M-step: an extension beyond the paper.
+    With `self_aggregation`, a GSA answer of π_{t-1} joins the k samples (`aggregation_template` matters for a
+    model that does not follow instructions, docs/generation.md).
 
     Everything else a round needs to continue (its index, pairs with their reference log-probs, baselines,
     snapshots, the finished rounds' rows) is in `state_dict`, so a run resumed from a checkpoint taken anywhere in a
@@ -47,7 +53,7 @@ class MutualTaughtRounds(L.Callback):
     def __init__(self, num_samples: PositiveInt = 4, sampling: SamplingConfig = SamplingConfig(),
                  tau: ClosedUnitInterval = 0.6, checkpoints: PositiveInt = 2, seed: int = 0,
                  fit: RewardFitConfig = RewardFitConfig(), self_aggregation: bool = False,
-                 aggregation_template: str = AGGREGATION_TEMPLATE) -> None:
+                 aggregation_template: str = AGGREGATION_TEMPLATE, replay_reward_pairs: bool = False) -> None:
         if num_samples < 2:
             raise ConfigError("num_samples", "needs at least 2 samples per prompt to form a pair")
         if not 0.0 <= tau <= 1.0:
@@ -58,6 +64,7 @@ class MutualTaughtRounds(L.Callback):
         self.num_samples, self.sampling, self.tau, self.checkpoints, self.seed, self.fit = \
             num_samples, sampling, tau, checkpoints, seed, fit
         self.self_aggregation, self.aggregation_template = self_aggregation, aggregation_template
+        self.replay_reward_pairs = replay_reward_pairs
         self.config: Optional[RoundConfig] = None
         self.ranking_reward_model: Optional[torch.nn.Module] = None
         self._rows: list[dict[str, Any]] = []
@@ -69,9 +76,28 @@ class MutualTaughtRounds(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if getattr(pl_module, "reward_model", None) is None:
             raise ConfigError("model.init_args.reward_model", "Mutual-Taught needs a reward model directory")
+        oracle = pl_module.ranker == "gold"
+        if oracle and getattr(trainer.datamodule, "prompts", None) != GOLD:
+            raise ConfigError("model.init_args.ranker", "ranker: gold needs the built-in task's gold reward "
+                              "(data.init_args.prompts: gold); your own prompts have none")
         self.config = RoundConfig(self.num_samples, self.sampling, self.tau, pl_module.max_length, self.seed,
                                   self.fit if pl_module.reward_refresh else None,
-                                  self.aggregation_template if self.self_aggregation else None)
+                                  self.aggregation_template if self.self_aggregation else None,
+                                  task_gold_reward(trainer.datamodule.gold_task) if oracle else None,
+                                  self._replay(pl_module))
+
+    def _replay(self, pl_module: L.LightningModule) -> tuple[dict[str, str], ...]:
+        """r_0's training pairs when `replay_reward_pairs` is on (refused where no M-step runs or none were saved)."""
+        if not self.replay_reward_pairs:
+            return ()
+        if not pl_module.reward_refresh:
+            raise ConfigError("replay_reward_pairs", "replays r_0's pairs in the M-step, which reward_refresh: false "
+                              "turns off")
+        pairs = read_saved_pairs(pl_module.reward_model_path, TRAIN_PAIRS)
+        if not pairs:
+            raise ConfigError("replay_reward_pairs", f"{pl_module.reward_model_path} has no {TRAIN_PAIRS} (the "
+                              "reward stage writes the pairs it trained r_0 on)")
+        return tuple(pairs)
 
     @property
     def finished_rounds(self) -> int:

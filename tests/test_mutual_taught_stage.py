@@ -1,6 +1,8 @@
 """The Mutual-Taught stage on tiny models: rounds, the M-step from r_0, frozen-RM ablation, the τ stop, checkpoint
 selection, reference log-probs, an exact mid-round resume, config errors."""
 import copy
+import shutil
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -9,18 +11,22 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 import lightning_align.algorithms.mutual_taught as mutual_taught
 from lightning_align.algorithms.generation_strategies import self_aggregate
-from lightning_align.algorithms.mutual_taught import RoundConfig, candidate_pool, selection_scores, win_rate
+from lightning_align.algorithms.mutual_taught import (
+    SELECTION, RoundConfig, candidate_pool, e_step_pairs, round_generator, selection_scores, start_round, win_rate,
+)
 from lightning_align.algorithms.reward_training import RewardFitConfig
-from lightning_align.algorithms.sampling import SamplingConfig, sequence_logprobs
+from lightning_align.algorithms.sampling import SamplingConfig, sample_responses, score_responses, sequence_logprobs
 from lightning_align.callbacks.gold_round_metrics import GoldRoundMetrics
 from lightning_align.callbacks.mutual_taught_rounds import MutualTaughtRounds
+from lightning_align.data.gold_task import gold_reward
 from lightning_align.data.preference import PreferenceDataModule, collate_pairs
 from lightning_align.errors import ConfigError
 from lightning_align.models.spec import ModelSpec
 from lightning_align.modules.optim import OptimConfig
 from lightning_align.modules.policy import PolicyModule
-from lightning_align.modules.reward import RewardModule
+from lightning_align.modules.reward import TRAIN_PAIRS, RewardModule, read_saved_pairs
 from lightning_align.modules.round_prompts import RoundPromptsDataModule
+from tests.conftest import PAIRS, write_pairs
 
 SAMPLING = SamplingConfig(max_new_tokens=6, temperature=1.0, top_p=1.0)
 FIT = RewardFitConfig(epochs=1, batch_size=8)
@@ -39,9 +45,9 @@ def _rounds(tau: float = 0.0, **kwargs) -> MutualTaughtRounds:
     return MutualTaughtRounds(num_samples=3, sampling=SAMPLING, tau=tau, checkpoints=2, fit=FIT, **kwargs)
 
 
-def _module(tiny_lm_dir, rm_dir, refresh: bool = True) -> PolicyModule:
+def _module(tiny_lm_dir, rm_dir, refresh: bool = True, **kwargs) -> PolicyModule:
     return PolicyModule(ModelSpec(path=str(tiny_lm_dir)), OptimConfig(lr=5e-3, warmup_steps=0, min_lr_ratio=1.0),
-                        beta=0.5, max_length=32, reward_model=str(rm_dir), reward_refresh=refresh)
+                        beta=0.5, max_length=32, reward_model=str(rm_dir), reward_refresh=refresh, **kwargs)
 
 
 def _run(tiny_lm_dir, rm_dir, rounds: int, tau: float = 0.0, refresh: bool = True, callbacks=None,
@@ -184,10 +190,10 @@ def test_gold_metrics_score_exactly_the_pairs_the_reward_stage_held_out(tmp_path
         torch.nn.init.normal_(reward.model.score.weight, std=0.5)
     L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(
         reward, datamodule=pairs, verbose=False)
-    gold = GoldRoundMetrics(sampling=SAMPLING)
-    module, _, _ = _run(tiny_lm_dir, reward.export(tmp_path / "rm"), rounds=1, refresh=False,
-                        callbacks=[_rounds(), gold])
+    gold, exported = GoldRoundMetrics(sampling=SAMPLING), reward.export(tmp_path / "rm")
+    module, _, _ = _run(tiny_lm_dir, exported, rounds=1, refresh=False, callbacks=[_rounds(), gold])
     as_tuples = lambda records: [(r["prompt"], r["chosen"], r["rejected"]) for r in records]  # noqa: E731
+    assert as_tuples(read_saved_pairs(exported, TRAIN_PAIRS)) == as_tuples(pairs.train_set.records)
     heldout = as_tuples(gold.heldout)
     assert heldout == as_tuples(pairs.val_set.records) and len(heldout) == 4
     assert not set(heldout) & set(as_tuples(pairs.train_set.records))
@@ -217,3 +223,58 @@ def test_self_aggregation_adds_the_gsa_answer_to_the_ranked_pool(tiny_lm_dir, rm
     ran, _, _ = _run(tiny_lm_dir, rm_dir, rounds=1, callbacks=[_rounds(self_aggregation=True),
                                                                GoldRoundMetrics(sampling=SAMPLING)])
     assert 0.0 <= ran.rounds[1]["e_gsa_chosen"] <= 1.0 and ran.rounds[1]["e_pairs"] > 0
+
+
+def test_the_oracle_ranker_ranks_by_gold_not_by_the_reward_model(tiny_lm_dir, rm_dir):
+    module = _module(tiny_lm_dir, rm_dir)
+    data = RoundPromptsDataModule(policy_prompts=8, reward_prompts=8, selection_prompts=8)
+    data.trainer = L.Trainer(max_epochs=1, logger=False)
+    data.setup("fit")
+    vowels = lambda response: float(sum(c in "aeiou" for c in response))  # noqa: E731  a stand-in gold reward
+    oracle = RoundConfig(4, SAMPLING, 0.0, module.max_length, 0, gold=vowels)
+    prompts = data.splits.policy[0]
+    pool = candidate_pool(module.model, module.tokenizer, prompts, oracle, 0)
+    by_gold = e_step_pairs(prompts, pool, [[vowels(r) for r in group] for group in pool])
+    by_rm = e_step_pairs(prompts, pool, [score_responses(module.reward_model, module.tokenizer, [p] * len(group),
+                                                         group, module.max_length) for p, group in zip(prompts, pool)])
+    assert by_gold != by_rm, "the test needs an RM that ranks differently from the stand-in gold reward"
+    start = start_round(module.model, module.reward_model, module.tokenizer, data.splits, 0, oracle)
+    assert start.pairs == by_gold and all(vowels(p["chosen"]) > vowels(p["rejected"]) for p in start.pairs)
+    selection = sample_responses(module.model, module.tokenizer, data.splits.selection, 1, SAMPLING,
+                                 round_generator(0, 0, SELECTION))
+    assert start.baseline == [vowels(group[0]) for group in selection]
+
+
+def test_the_oracle_arm_wires_the_tasks_gold_reward_and_is_refused_without_one(tmp_path, tiny_lm_dir, rm_dir):
+    rounds, oracle = _rounds(), _module(tiny_lm_dir, rm_dir, refresh=False, ranker="gold")
+    rounds.setup(SimpleNamespace(datamodule=RoundPromptsDataModule()), oracle, "fit")
+    assert rounds.config.gold is gold_reward and rounds.config.fit is None
+    with pytest.raises(ConfigError, match="model.init_args.ranker.*reward_refresh: false"):
+        _module(tiny_lm_dir, rm_dir, refresh=True, ranker="gold")
+    with pytest.raises(ConfigError, match="model.init_args.ranker"):
+        PolicyModule.check_arguments(beta=0.1, reward_refresh=False, reward_quantization=None, ranker="oracle")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "my own"}\n')
+    with pytest.raises(ConfigError, match="model.init_args.ranker.*gold reward"):
+        rounds.setup(SimpleNamespace(datamodule=RoundPromptsDataModule(str(prompts))), oracle, "fit")
+
+
+def test_replay_adds_exactly_r0s_training_pairs_to_the_m_step(tmp_path, tiny_lm_dir, rm_dir, monkeypatch):
+    fit, seen = mutual_taught.fit_reward_model, []
+
+    def recording_fit(model, tokenizer, records, *args):
+        seen.append([dict(r) for r in records])
+        return fit(model, tokenizer, records, *args)
+
+    monkeypatch.setattr(mutual_taught, "fit_reward_model", recording_fit)
+    replaying = shutil.copytree(rm_dir, tmp_path / "r0")
+    write_pairs(replaying / TRAIN_PAIRS, PAIRS)
+    plain, _, _ = _run(tiny_lm_dir, rm_dir, rounds=1, callbacks=[_rounds()])
+    replayed, _, _ = _run(tiny_lm_dir, replaying, rounds=1, callbacks=[_rounds(replay_reward_pairs=True)])
+    without, with_replay = seen
+    assert with_replay == without + PAIRS
+    assert replayed.rounds[0]["replay_pairs"] == len(PAIRS) and "replay_pairs" not in plain.rounds[0]
+    with pytest.raises(ConfigError, match="replay_reward_pairs.*train_pairs.jsonl"):
+        _run(tiny_lm_dir, rm_dir, rounds=1, callbacks=[_rounds(replay_reward_pairs=True)])
+    with pytest.raises(ConfigError, match="replay_reward_pairs.*reward_refresh: false"):
+        _run(tiny_lm_dir, replaying, rounds=1, refresh=False, callbacks=[_rounds(replay_reward_pairs=True)])

@@ -62,6 +62,27 @@ def test_page_keeps_other_records_and_states_clear_verdicts(tmp_path: Path) -> N
     assert "0.100 [0.100, 0.100]" in rows[0]  # a constant difference: a zero-width interval
 
 
+def test_page_renders_the_per_round_table_with_means_over_the_seeds_that_reached_a_round(tmp_path: Path) -> None:
+    records = tmp_path / "results"
+    records.mkdir()
+    row = lambda r, gold, prev: {"round": r, "gold_reward": gold, "rm_prev_accuracy_fresh": prev}  # noqa: E731
+    per_round = {"mutual_taught": [[row(0, 0.5, 0.8), row(1, 0.6, 0.7), row(2, 0.7, None)],
+                                   [row(0, 0.5, 0.8), row(1, 0.8, 0.5)]],  # stopped by the τ rule after round 1
+                 "frozen_rm": [[row(0, 0.5, 0.8), row(1, 0.4, None)], [row(0, 0.5, 0.8), row(1, 0.2, None)]]}
+    record = {"claim": "mutual_taught", "command": "python -m benchmarks.reproduce", "mode": "full", "seeds": 2,
+              "date": "today", "machine": "Machine: test.", "wall_s": 1.0, "seconds": {"mutual_taught": 1.0},
+              "values": {"a": [0.7, 0.8], "b": [0.4, 0.2]}, "comparisons": [["a", "b"]], "setup": "By hand.",
+              "notes": [], "per_round": per_round}
+    (records / "mutual_taught.json").write_text(json.dumps(record))
+    lines = write_results(tmp_path, CLAIMS).read_text().splitlines()
+    header = lines.index("| round | arm | policy mean gold reward | r_{t-1} accuracy on π_t pairs | seeds |")
+    assert lines[header + 2:header + 7] == ["| 0 | mutual_taught | 0.500 | 0.800 | 2 |",
+                                            "| 1 | mutual_taught | 0.700 | 0.600 | 2 |",
+                                            "| 2 | mutual_taught | 0.700 | – | 1 |",
+                                            "| 0 | frozen_rm | 0.500 | 0.800 | 2 |",
+                                            "| 1 | frozen_rm | 0.300 | – | 2 |"]
+
+
 def test_calibration_and_evaluation_draws_are_disjoint_and_vary_with_the_seed() -> None:
     blocks = torch.arange(40 * 3).reshape(40, 3)
     calibration, evaluation = split(blocks, QUICK, seed=0)
@@ -87,4 +108,4 @@ def test_bad_model_arguments_exit_2(tmp_path: Path, extra: list[str], capsys: py
 def test_quick_mode_runs_every_claim(tmp_path: Path) -> None:
     page = main(["--quick", "--out", str(tmp_path / "runs"), "--results", str(tmp_path)]).read_text()
     assert all(f"## `{name}` (preliminary)" in page for name in CLAIMS)
-    assert len(verdict_rows(page)) == 6 + 3 + 2
+    assert len(verdict_rows(page)) == 6 + 3 + 4  # mutual_taught: no oracle arm in quick mode

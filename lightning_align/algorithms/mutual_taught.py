@@ -9,7 +9,8 @@ Round t starts from policy π_{t-1} and reward model r_{t-1}:
    caller's training loop (`callbacks/mutual_taught_rounds.py` drives it through Lightning).
 3. `end_round` (§4.1 then §4.2): the snapshot whose selection responses r_{t-1} prefers most often to π_{t-1}'s
    (ties ½) becomes π_t; if even the best wins less than τ of the time, π_{t-1} is kept and the rounds stop. Else
-   M-step: pairs y_new ~ π_t ≻ y_old, filtered by ε, plus the E-step pairs; a copy of r_0 trained on them is r_t.
+   M-step: pairs y_new ~ π_t ≻ y_old, filtered by ε, plus the E-step pairs; a copy of r_0 trained on them is r_t
+   (with the replay extension, r_0's own training pairs join them).
 
 Every draw has its own generator per (seed, round, purpose), so reruns and resumes draw the same samples.
 """
@@ -125,7 +126,9 @@ def snapshot_batches(batches: int, checkpoints: int) -> set[int]:
 @dataclass(frozen=True)
 class RoundConfig:
     """One round's settings. `fit` None keeps r_0 for every round (iterative DPO with a frozen RM); an
-    `aggregation_template` adds a Generative Self-Aggregation answer (arXiv 2503.04104) to the k samples."""
+    `aggregation_template` adds a Generative Self-Aggregation answer (arXiv 2503.04104) to the k samples; `gold`
+    (a response's gold reward) ranks and selects in place of r_{t-1}: the oracle-RM ceiling of the ablations;
+    `replay` (r_0's own training pairs) joins every M-step's data, an extension beyond the paper."""
 
     num_samples: int
     sampling: SamplingConfig
@@ -134,6 +137,8 @@ class RoundConfig:
     seed: int
     fit: Optional[RewardFitConfig] = None
     aggregation_template: Optional[str] = None
+    gold: Optional[Callable[[str], float]] = None
+    replay: tuple[dict[str, str], ...] = ()
 
 
 @dataclass
@@ -178,11 +183,19 @@ def candidate_pool(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     return [group + [aggregate] for group, aggregate in zip(samples, aggregates)]
 
 
+def rank_scores(reward_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                responses: list[str], config: RoundConfig) -> list[float]:
+    """What the round ranks, selects and filters by: r_{t-1}'s scores, or the gold reward with the oracle ranker."""
+    if config.gold is not None:
+        return [config.gold(response) for response in responses]
+    return score_responses(reward_model, tokenizer, prompts, responses, config.max_length)
+
+
 def selection_scores(policy: PreTrainedModel, reward_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      prompts: list[str], config: RoundConfig, round_index: int) -> list[float]:
     """r_{t-1}'s scores of one response per selection prompt; the same draws for every policy of the round."""
-    return score_responses(reward_model, tokenizer, prompts,
-                           _one_each(policy, tokenizer, prompts, config, round_index, SELECTION), config.max_length)
+    return rank_scores(reward_model, tokenizer, prompts,
+                       _one_each(policy, tokenizer, prompts, config, round_index, SELECTION), config)
 
 
 def start_round(policy: PreTrainedModel, reward_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -191,8 +204,8 @@ def start_round(policy: PreTrainedModel, reward_model: PreTrainedModel, tokenize
     prompts = splits.policy[round_index]
     pool = candidate_pool(policy, tokenizer, prompts, config, round_index)
     width = len(pool[0])
-    flat = score_responses(reward_model, tokenizer, [p for p in prompts for _ in range(width)],
-                           [r for group in pool for r in group], config.max_length)
+    flat = rank_scores(reward_model, tokenizer, [p for p in prompts for _ in range(width)],
+                       [r for group in pool for r in group], config)
     scores = [flat[i * width:(i + 1) * width] for i in range(len(prompts))]
     start = RoundStart(
         pairs=e_step_pairs(prompts, pool, scores),
@@ -224,15 +237,17 @@ def end_round(policy: PreTrainedModel, snapshots: list[State], start_state: Stat
         return end
     prompts = splits.reward
     after = _one_each(policy, tokenizer, prompts, config, round_index, RM_AFTER)
-    score = lambda texts: score_responses(reward_model, tokenizer, prompts, texts,  # noqa: E731
-                                          config.max_length)
+    score = lambda texts: rank_scores(reward_model, tokenizer, prompts, texts, config)  # noqa: E731
     pairs, epsilon = m_step_pairs(prompts, after, start.before, score(after), score(start.before))
     e_pairs = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in start.pairs]
     refit = base_reward_model()
     refit.requires_grad_(True)
     with torch.enable_grad():
-        stats = fit_reward_model(refit, tokenizer, pairs + e_pairs, config.fit, config.max_length)
+        stats = fit_reward_model(refit, tokenizer, pairs + e_pairs + list(config.replay), config.fit,
+                                 config.max_length)
     refit.requires_grad_(False)
     end.reward_model = refit
     end.m_step = {"m_pairs": len(pairs), "epsilon": epsilon, "rm_fit_accuracy": stats["accuracy"]}
+    if config.replay:
+        end.m_step["replay_pairs"] = len(config.replay)
     return end

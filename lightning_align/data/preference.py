@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
-from lightning_align.data.gold_task import preference_records
+from lightning_align.data.gold_task import check_gold_task, preference_records
 from lightning_align.data.loaders import check_source
 from lightning_align.data.records import read_pairs
 from lightning_align.data.resumable import TrainPosition
@@ -135,10 +135,11 @@ def collate_pairs(tokenizer: PreTrainedTokenizerBase, records: list[dict[str, An
     return batch
 
 
-def load_pairs(path: str, num_pairs: int, seed: int) -> list[dict[str, Any]]:
-    """Pairs from the built-in gold task or a data file in a TRL preference format (see `data/records.py`)."""
+def load_pairs(path: str, num_pairs: int, seed: int, gold_task: str = "plain") -> list[dict[str, Any]]:
+    """Pairs from the built-in gold task (labelled by its variant `gold_task`) or a data file in a TRL preference
+    format (see `data/records.py`)."""
     if path == GOLD:
-        return preference_records(num_pairs, seed)
+        return preference_records(num_pairs, seed, task=gold_task)
     return read_pairs(path)
 
 
@@ -171,7 +172,8 @@ class PairSlots(Dataset):
 
 
 class PreferenceDataModule(L.LightningDataModule):
-    """Train/val pairs for the reward and DPO stages: `path` is a data file (`data/records.py`) or "gold".
+    """Train/val pairs for the reward and DPO stages: `path` is a data file (`data/records.py`) or "gold" (labelled
+    by the gold reward of the variant `gold_task`, `data/gold_task.py`).
 
     The tokenizer and `max_length` are the LightningModule's: a DPO policy's reference log-probs and its training
     batches must be truncated alike, so the length is written in one place. If the module has `annotate(records)`
@@ -181,10 +183,11 @@ class PreferenceDataModule(L.LightningDataModule):
     """
 
     def __init__(self, path: str = GOLD, num_pairs: PositiveInt = 512, val_fraction: OpenUnitInterval = 0.1,
-                 batch_size: PositiveInt = 16, seed: int = 0) -> None:
+                 batch_size: PositiveInt = 16, seed: int = 0, gold_task: str = "plain") -> None:
         super().__init__()
         check_source(path, GOLD)
-        self.path, self.num_pairs, self.val_fraction = path, num_pairs, val_fraction
+        check_gold_task(gold_task, path, GOLD)
+        self.path, self.num_pairs, self.val_fraction, self.gold_task = path, num_pairs, val_fraction, gold_task
         self.batch_size, self.seed = batch_size, seed
         self.train_set: PairSlots | None = None
         self.val_set: PairSlots | None = None
@@ -193,7 +196,8 @@ class PreferenceDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.train_set is not None:
             return
-        train, val = split_records(load_pairs(self.path, self.num_pairs, self.seed), self.val_fraction, self.seed)
+        pairs = load_pairs(self.path, self.num_pairs, self.seed, self.gold_task)
+        train, val = split_records(pairs, self.val_fraction, self.seed)
         self.train_set, self.val_set = PairSlots(train), PairSlots(val)
 
     def _annotate(self) -> None:

@@ -16,6 +16,7 @@ PLOTTED = {
     "rm_prev_accuracy_fresh": "r_{t-1} accuracy on π_t pairs",
     "rm_accuracy_fresh": "r_t accuracy on π_t pairs",
     "rm_accuracy_heldout": "r_t accuracy on held-out pairs",
+    "repetitive_share": "share of repetitive responses",
 }
 
 

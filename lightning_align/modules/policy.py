@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import lightning as L
 import torch
@@ -24,6 +24,7 @@ from lightning_align.modules.optim import OptimConfig, build_optimizer
 from lightning_align.modules.plain_hparams import save_plain_hyperparameters
 
 REWARD_MODEL_DIR = "reward_model"
+Ranker = Literal["reward_model", "gold"]
 
 
 class PolicyModule(L.LightningModule):
@@ -37,6 +38,8 @@ class PolicyModule(L.LightningModule):
 
     `reward_model` (a directory) is the RM r_0 the Mutual-Taught rounds score with; `reward_refresh: false`
     keeps it frozen across rounds (the iterative-DPO ablation), otherwise `MutualTaughtRounds` refits it each round.
+    `ranker: gold` ranks, selects and filters by the built-in task's gold reward instead (the oracle-RM ceiling):
+    the RM is then only evaluated, so it must stay frozen.
     A frozen RM may be loaded in 8 or 4 bits (`reward_quantization`); one that is refitted may not.
     With `model.lora` the policy trains adapters; its reference log-probs are those of the adapted model at
     annotation time (at the start: the base, since fresh adapters add nothing).
@@ -47,13 +50,15 @@ class PolicyModule(L.LightningModule):
                  min_lr_ratio=1.0, weight_decay=0.0), beta: PositiveFloat = 0.1, ipo: bool = False,
                  max_length: PositiveInt = 64, annotate_batch_size: PositiveInt = 8,
                  reward_model: Optional[str] = None, reward_refresh: bool = True,
-                 reward_quantization: Optional[Quantization] = None) -> None:
+                 reward_quantization: Optional[Quantization] = None, ranker: Ranker = "reward_model") -> None:
         super().__init__()
         save_plain_hyperparameters(self)
-        self.check_arguments(beta=beta, reward_refresh=reward_refresh, reward_quantization=reward_quantization)
+        self.check_arguments(beta=beta, reward_refresh=reward_refresh, reward_quantization=reward_quantization,
+                             ranker=ranker)
         self.spec, self.optim, self.beta, self.ipo, self.max_length = model, optim, beta, ipo, max_length
         self.annotate_batch_size, self.reward_model_path, self.reward_refresh, self.reward_quantization = \
             annotate_batch_size, reward_model, reward_refresh, reward_quantization
+        self.ranker = ranker
         self.tokenizer = load_tokenizer(model)
         self.model = prepare_for_training(load_model(model, self.tokenizer), model).train()
         self.reward_model = None
@@ -68,7 +73,8 @@ class PolicyModule(L.LightningModule):
         return merge_rounds([cb.round_rows() for cb in self._trainer.callbacks if isinstance(cb, RoundRows)])
 
     @staticmethod
-    def check_arguments(beta: float, reward_refresh: bool, reward_quantization: Optional[str], **_: Any) -> None:
+    def check_arguments(beta: float, reward_refresh: bool, reward_quantization: Optional[str],
+                        ranker: str = "reward_model", **_: Any) -> None:
         """What the argument types cannot say, checked at planning too (the pipeline calls this with the parsed
         `init_args` before any model is loaded).
 
@@ -82,6 +88,11 @@ class PolicyModule(L.LightningModule):
             raise ConfigError("model.init_args.reward_quantization", "the reward model is refitted every round "
                               "(reward_refresh: true), which a quantized model cannot be; set reward_refresh: false "
                               "or drop reward_quantization")
+        if ranker not in ("reward_model", "gold"):
+            raise ConfigError("model.init_args.ranker", f"'{ranker}' is not one of reward_model, gold")
+        if ranker == "gold" and reward_refresh:
+            raise ConfigError("model.init_args.ranker", "the gold ranker never reads the reward model, so refitting "
+                              "it is pointless: set reward_refresh: false with ranker: gold")
 
     def load_base_reward_model(self) -> torch.nn.Module:
         """A fresh copy of r_0, frozen: the E-step scores with it and the M-step restarts from it (§4.2)."""

@@ -22,6 +22,8 @@ from lightning_align.modules.optim import OptimConfig, build_optimizer
 from lightning_align.modules.plain_hparams import save_plain_hyperparameters
 
 HELDOUT_PAIRS = "heldout_pairs.jsonl"  # the pairs an exported RM was validated on, never trained on
+TRAIN_PAIRS = "train_pairs.jsonl"  # the pairs it was trained on (Mutual-Taught's replay extension reads them)
+PAIR_KEYS = ("prompt", "chosen", "rejected")
 
 
 class RewardModule(L.LightningModule):
@@ -31,7 +33,7 @@ class RewardModule(L.LightningModule):
     `max_length` (prompt + response tokens) truncates the pairs the datamodule batches for it.
     Logs `train/loss`, `val/loss`, `rm/accuracy` (share of pairs ranked right) and `rm/margin` (mean r_w − r_l).
     The export carries the datamodule's validation pairs (`heldout_pairs.jsonl`), so later evaluation of this RM
-    uses exactly its held-out set instead of re-deriving the split.
+    uses exactly its held-out set instead of re-deriving the split, and its training pairs (`train_pairs.jsonl`).
     """
 
     def __init__(self, model: ModelSpec = ModelSpec(), optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=5),
@@ -44,12 +46,14 @@ class RewardModule(L.LightningModule):
         self.val_accuracy = BinaryAccuracy()
         self.val_margin = MeanMetric()
         self.heldout_pairs: list[dict[str, Any]] = []
+        self.train_pairs: list[dict[str, Any]] = []
 
     def setup(self, stage: str) -> None:
-        """Keep the datamodule's validation pairs (Lightning sets the datamodule up before the module)."""
-        val_set = getattr(self.trainer.datamodule, "val_set", None)
-        if val_set is not None:
-            self.heldout_pairs = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in val_set.records]
+        """Keep the datamodule's pairs (Lightning sets the datamodule up before the module)."""
+        for name, kept in (("val_set", self.heldout_pairs), ("train_set", self.train_pairs)):
+            records = getattr(getattr(self.trainer.datamodule, name, None), "records", None)
+            if records is not None:
+                kept[:] = [{k: r[k] for k in PAIR_KEYS} for r in records]
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         chosen, rejected = pair_rewards(self.model, batch)
@@ -75,13 +79,14 @@ class RewardModule(L.LightningModule):
 
     def export(self, out_dir: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Save the RM as a Hugging Face directory; `load_reward_model(ModelSpec(path=out_dir), ...)` reloads it."""
-        heldout = "".join(strict_json.dumps(pair) + "\n" for pair in self.heldout_pairs)
-        files = {HELDOUT_PAIRS: heldout} if heldout else {}
+        files = {name: "".join(strict_json.dumps(pair) + "\n" for pair in pairs)
+                 for name, pairs in ((HELDOUT_PAIRS, self.heldout_pairs), (TRAIN_PAIRS, self.train_pairs)) if pairs}
         return export_model_dir(self.model, self.spec, load_reward_model, self.tokenizer, out_dir,
                                 {"kind": "reward_model", **(metadata or {})}, files)
 
 
-def read_heldout_pairs(reward_model_dir: str | Path) -> list[dict[str, Any]] | None:
-    """The pairs `RewardModule.export` saved with a reward model; None if it has none (an RM trained elsewhere)."""
-    path = Path(reward_model_dir) / HELDOUT_PAIRS
+def read_saved_pairs(reward_model_dir: str | Path, name: str = HELDOUT_PAIRS) -> list[dict[str, Any]] | None:
+    """Pairs `RewardModule.export` saved with a reward model (held-out ones, or `TRAIN_PAIRS`); None if it has none
+    (an RM trained elsewhere)."""
+    path = Path(reward_model_dir) / name
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else None

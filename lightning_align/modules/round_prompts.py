@@ -9,7 +9,7 @@ from jsonargparse.typing import PositiveInt
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_align.algorithms.mutual_taught import PromptSplits, split_prompts
-from lightning_align.data.gold_task import task_prompts
+from lightning_align.data.gold_task import check_gold_task, task_prompts
 from lightning_align.data.loaders import check_source
 from lightning_align.data.preference import GOLD, PairSlots, collate_pairs
 from lightning_align.data.records import read_prompts
@@ -18,7 +18,8 @@ from lightning_align.errors import ConfigError, DataError
 
 class RoundPromptsDataModule(L.LightningDataModule):
     """`prompts`: a data file with a `prompt` or `messages` column (`data/records.py`) or "gold" (the built-in
-    task, which also enables gold metrics).
+    task, which also enables gold metrics and the oracle ranker, scored by the gold reward of the variant
+    `gold_task`, `data/gold_task.py`; the prompts are the same for every variant).
 
     The number of rounds is `trainer.max_epochs` (one epoch per round), so the splits are cut in `setup`: one policy
     split of `policy_prompts` per round, `reward_prompts` for the M-step, `selection_prompts` held out for
@@ -30,9 +31,12 @@ class RoundPromptsDataModule(L.LightningDataModule):
     """
 
     def __init__(self, prompts: str = GOLD, policy_prompts: PositiveInt = 64, reward_prompts: PositiveInt = 64,
-                 selection_prompts: PositiveInt = 48, batch_size: PositiveInt = 8, seed: int = 0) -> None:
+                 selection_prompts: PositiveInt = 48, batch_size: PositiveInt = 8, seed: int = 0,
+                 gold_task: str = "plain") -> None:
         super().__init__()
         check_source(prompts, GOLD, "data.init_args.prompts")
+        check_gold_task(gold_task, prompts, GOLD)
+        self.gold_task = gold_task
         self.prompts, self.policy_prompts, self.reward_prompts = prompts, policy_prompts, reward_prompts
         self.selection_prompts, self.batch_size, self.seed = selection_prompts, batch_size, seed
         self.splits: PromptSplits | None = None
@@ -58,7 +62,8 @@ class RoundPromptsDataModule(L.LightningDataModule):
     def set_round_pairs(self, records: list[dict[str, Any]]) -> None:
         """Replace the pairs behind this epoch's slots (called at round start, after the loader exists)."""
         if not records:
-            raise DataError(self.prompts, "the reward model ranked every sampled response equally: no E-step pairs")
+            raise DataError(self.prompts, "every sampled response was ranked equally (by the reward model or gold "
+                            "reward): no E-step pairs")
         self.train_set.records = records
 
     def train_dataloader(self) -> DataLoader:
