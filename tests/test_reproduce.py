@@ -108,4 +108,4 @@ def test_bad_model_arguments_exit_2(tmp_path: Path, extra: list[str], capsys: py
 def test_quick_mode_runs_every_claim(tmp_path: Path) -> None:
     page = main(["--quick", "--out", str(tmp_path / "runs"), "--results", str(tmp_path)]).read_text()
     assert all(f"## `{name}` (preliminary)" in page for name in CLAIMS)
-    assert len(verdict_rows(page)) == 6 + 3 + 4  # mutual_taught: no oracle arm in quick mode
+    assert len(verdict_rows(page)) == 6 + 5 + 4  # mutual_taught: no oracle arm in quick mode
