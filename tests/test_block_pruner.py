@@ -20,6 +20,7 @@ from lightning_align.algorithms.block_pruner import (
     max_steps,
     single_blocks,
 )
+from lightning_align.algorithms import block_pruner as block_pruner_module
 from lightning_align.algorithms.layer_pruning import block_influence, layer_ppl
 from lightning_align.errors import ConfigError
 from lightning_align.models.blocks import Block, all_blocks, block_parameters, count_parameters, skipping
@@ -178,3 +179,43 @@ def test_block_influence_ranks_layers_by_input_output_cosine(model: torch.nn.Mod
     result = block_influence(model, CALIBRATION, StopRule(num_blocks=4), progress=False)
     assert [s.removed[0].layer for s in result.steps] == sorted(range(3), key=influence.__getitem__)[:2]
     assert result.steps[1].ppl == pytest.approx(reference_ppl(model, set(result.order)), rel=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_head_bound_never_exceeds_the_exact_nll(family: str) -> None:
+    runner = BlockRunner(tiny_decoder(family, layers=2, seed=4), CALIBRATION, batch_size=5)
+    batch = runner.batches[0]
+    rows = torch.cat([torch.arange(0, 7), batch.tokens[:, 1:].flatten()]).unique()  # a poor shortlist: loose, still below
+    full = torch.arange(runner.model.config.vocab_size)
+    with torch.inference_mode():
+        out = runner.run(all_blocks(runner.model), batch.hidden, batch)
+        lower, exact = runner.nll_lower_bound(out, batch, rows), runner.sequence_nll(out, batch)
+        whole = runner.nll_lower_bound(out, batch, full)
+    assert (lower <= exact).all() and (lower < exact - 1e-3).any()
+    assert torch.allclose(whole, exact, atol=1e-5), "over the whole vocabulary the bound is the NLL"
+
+
+@pytest.mark.parametrize("top", [2, 64])
+def test_head_bound_skips_candidates_that_cannot_win_and_keeps_every_pick_exact(
+    model: torch.nn.Module, top: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shortlist of 2 (loose bounds) or 64 of the 101 tokens (tight): the same winner, its exact perplexity, and the
+    same search as the naive one; ruled-out candidates cost no head pass."""
+    monkeypatch.setattr(block_pruner_module, "SHORTLIST_TOP", top)
+    candidates = [(b,) for b in all_blocks(model)]
+    runner = BlockRunner(model, CALIBRATION, batch_size=2)
+    exact = runner.score_candidates(set(), candidates, reuse_prefix=True)
+    passes = runner.head_passes
+    bounded = runner.score_candidates(set(), candidates, reuse_prefix=True, bound=True)
+    winner = min(range(len(exact)), key=lambda i: (exact[i], i))
+    assert min(range(len(bounded)), key=lambda i: (bounded[i], i)) == winner and bounded[winner] == exact[winner]
+    assert all(b == e for b, e in zip(bounded, exact) if math.isfinite(b))
+    skipped = sum(math.isinf(b) for b in bounded)
+    assert top == 2 or skipped >= len(candidates) // 2, "a tight shortlist rules most candidates out"
+    shortlist = CALIBRATION.size(0)
+    assert runner.head_passes - passes == (len(candidates) - skipped) * CALIBRATION.size(0) + shortlist
+    stop = StopRule(num_blocks=4)
+    naive = block_pruner(model, CALIBRATION, stop, batch_size=2, reuse_prefix=False, progress=False)
+    fast = block_pruner(model, CALIBRATION, stop, batch_size=2, progress=False)
+    assert fast.steps == naive.steps
+    assert top == 2 or fast.head_passes < naive.head_passes

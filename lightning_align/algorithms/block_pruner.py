@@ -14,6 +14,12 @@ candidate. Across steps a ``StreamCache`` keeps, within a memory budget, the res
 of every candidate's run: removing the step's winner at position p invalidates only the states after p, so the next
 step resumes each candidate that starts before p from its own stream at p instead of from its start. All variants run
 the same block computations on the same batches, so they give bit-identical perplexities.
+On a real model the LM head costs more than the blocks a step recomputes (SmolLM2: 49,152 x 576 per token, about 16
+blocks' worth), so the fast search first scores every candidate on a shortlist of the vocabulary -- the tokens the
+running model ranks highest anywhere in the batch, plus every target -- whose log-sum-exp can only undershoot the
+full one: a lower bound on the candidate's NLL. Candidates are then scored exactly in the order of their bounds, and
+those whose bound already exceeds the best exact score so far (by more than fp32 rounding) cannot win and keep no
+score; the winner and its perplexity are those of the full computation, bit for bit.
 Work is counted in block-forwards: one block applied to one calibration sequence. The official implementation runs a
 full forward (every block) for each candidate, so its cost is the number of candidates scored times the blocks of
 the dense model, per sequence.
@@ -44,6 +50,8 @@ from lightning_align.models.blocks import (
 
 Group = tuple[Block, ...]
 DEFAULT_CACHE_MB = 1024.0  # streams kept across greedy steps: a 30-layer, 576-wide model at 8x128 tokens fits stride 5
+SHORTLIST_TOP = 64  # per position, the running model's most likely tokens that join the vocabulary shortlist
+BOUND_SLACK = 1e-4  # relative margin before a bound rules a candidate out: covers fp32 rounding, never the search
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,8 @@ class SearchResult:
     naive_block_forwards: int = 0
     official_block_forwards: int = 0
     resumed_steps: int = 0
+    head_passes: int = 0  # full LM-head passes over the calibration set (official: one per candidate scored)
+    candidates_scored: int = 0
 
     @property
     def order(self) -> list[Block]:
@@ -121,6 +131,8 @@ class SearchResult:
             "naive_block_forwards": self.naive_block_forwards,
             "official_block_forwards": self.official_block_forwards,
             "resumed_steps": self.resumed_steps,
+            "head_passes": self.head_passes,
+            "candidates_scored": self.candidates_scored,
             "steps": [s.to_json() for s in self.steps],
         }
 
@@ -176,7 +188,7 @@ class BlockRunner:
             problem = f"needs a [sequences, length >= 2] token tensor, got shape {tuple(tokens.shape)}"
             raise ConfigError("calibration", problem)
         self.model, self.layers = model, decoder_layers(model)
-        self.block_forwards = 0
+        self.block_forwards = self.head_passes = 0
         device = next(model.parameters()).device
         self.batches = [self._capture(chunk.to(device)) for chunk in tokens.split(batch_size)]
 
@@ -219,14 +231,39 @@ class BlockRunner:
             hidden = self.run_block(block, hidden, batch)
         return hidden
 
-    def sequence_nll(self, hidden: torch.Tensor, batch: _Batch) -> torch.Tensor:
-        """Mean next-token NLL of each sequence, in fp32: shape [batch]. Logits soft-capped as Gemma's forward does."""
-        logits = self.model.lm_head(self.model.model.norm(hidden)).float()
+    def _logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 LM-head logits of the final hidden states, over the vocabulary or its ``rows``; soft-capped as Gemma's
+        forward does."""
+        head = self.model.lm_head
+        if rows is None:
+            logits = head(self.model.model.norm(hidden)).float()
+        else:
+            bias = None if head.bias is None else head.bias[rows].float()
+            logits = F.linear(self.model.model.norm(hidden).float(), head.weight[rows].float(), bias)
         cap = getattr(self.model.config, "final_logit_softcapping", None)
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
+    def sequence_nll(self, hidden: torch.Tensor, batch: _Batch) -> torch.Tensor:
+        """Mean next-token NLL of each sequence, in fp32: shape [batch]."""
+        self.head_passes += hidden.size(0)
+        logits = self._logits(hidden)
         nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), batch.tokens[:, 1:], reduction="none")
         return nll.mean(dim=1)
+
+    def shortlist(self, running: torch.Tensor, batch: _Batch) -> torch.Tensor:
+        """Sorted vocabulary rows: the running model's ``SHORTLIST_TOP`` most likely tokens at every position, and every
+        target token (so each target's logit is in the shortlist)."""
+        self.head_passes += running.size(0)
+        top = self._logits(running).topk(SHORTLIST_TOP, dim=-1).indices
+        return torch.cat([top.flatten(), batch.tokens[:, 1:].flatten()]).unique()
+
+    def nll_lower_bound(self, hidden: torch.Tensor, batch: _Batch, rows: torch.Tensor) -> torch.Tensor:
+        """``sequence_nll`` with the log-sum-exp over ``rows`` only: never above it, since a sum of positive terms only
+        grows with more terms. Costs len(rows) / vocabulary of a head pass."""
+        logits = self._logits(hidden, rows)[:, :-1]
+        target = torch.searchsorted(rows, batch.tokens[:, 1:].contiguous())
+        picked = logits.gather(-1, target[..., None]).squeeze(-1)
+        return (logits.logsumexp(-1) - picked).mean(dim=1)
 
     @torch.inference_mode()
     def perplexity(self, removed: set[Block]) -> float:
@@ -241,15 +278,24 @@ class BlockRunner:
 
     @torch.inference_mode()
     def score_candidates(
-        self, removed: set[Block], candidates: Sequence[Group], reuse_prefix: bool, cache: StreamCache | None = None
+        self,
+        removed: set[Block],
+        candidates: Sequence[Group],
+        reuse_prefix: bool,
+        cache: StreamCache | None = None,
+        bound: bool = False,
     ) -> list[float]:
         """Perplexity with ``removed`` plus each candidate group dropped; candidates in any order.
 
         With ``reuse_prefix`` one running stream is carried forward (a candidate starts from it at its first block)
-        and ``cache`` holds streams saved by earlier steps; without, every candidate runs the whole stack.
+        and ``cache`` holds streams saved by earlier steps; without, every candidate runs the whole stack. With
+        ``bound`` (fp32 models) a candidate that provably cannot have the lowest perplexity scores ``inf``; the
+        others, and so the minimum and its position, are exactly what the full computation gives.
         """
         kept = [b for b in all_blocks(self.model) if b not in removed]
-        sums = [0.0] * len(candidates)
+        bound = bound and reuse_prefix and self.model.lm_head.weight.dtype == torch.float32
+        outs: list[list[torch.Tensor]] = [[] for _ in candidates]  # kept for the exact pass only under a bound
+        sums, lower = [0.0] * len(candidates), [0.0] * len(candidates)
         by_start = sorted(range(len(candidates)), key=lambda i: min(candidates[i]).position)
         end = 2 * len(self.layers)
         for index, batch in enumerate(self.batches):
@@ -262,8 +308,30 @@ class BlockRunner:
                     out = self.advance(rest, running, end, (group, index), batch, cache)[1]
                 else:
                     out = self.run(rest, batch.hidden, batch)
-                sums[i] += float(self.sequence_nll(out, batch).double().sum())
+                if bound:
+                    outs[i].append(out)
+                else:
+                    sums[i] += float(self.sequence_nll(out, batch).double().sum())
+            if bound:
+                rows = self.shortlist(self.advance(kept, running, end, (None, index), batch, cache)[1], batch)
+                for i in by_start:
+                    lower[i] += float(self.nll_lower_bound(outs[i][index], batch, rows).double().sum())
+        if bound:
+            sums = self._exact_within_bounds(outs, lower)
         return [math.exp(s / self.num_sequences) for s in sums]
+
+    def _exact_within_bounds(self, outs: list[list[torch.Tensor]], lower: list[float]) -> list[float]:
+        """Exact NLL sums of the candidates in the order of their lower bounds, until a bound exceeds the best exact
+        sum so far (by more than rounding): that candidate and every later one cannot win and stay ``inf``."""
+        sums, best = [math.inf] * len(outs), math.inf
+        for i in sorted(range(len(outs)), key=lambda i: (lower[i], i)):
+            if lower[i] > best + BOUND_SLACK * (abs(best) + self.num_sequences):
+                break
+            sums[i] = 0.0
+            for batch, out in zip(self.batches, outs[i]):
+                sums[i] += float(self.sequence_nll(out, batch).double().sum())
+            best = min(best, sums[i])
+        return sums
 
     def advance(
         self,
@@ -394,14 +462,15 @@ def greedy_search(
         kept = len(sizes) - len(removed)
         result.naive_block_forwards += runner.num_sequences * sum(kept - len(g) for g in candidates)
         result.official_block_forwards += runner.num_sequences * len(sizes) * len(candidates)
-        scores = runner.score_candidates(removed, candidates, reuse_prefix, cache)
+        scores = runner.score_candidates(removed, candidates, reuse_prefix, cache, bound=True)
+        result.candidates_scored += runner.num_sequences * len(candidates)
         best = min(range(len(candidates)), key=lambda i: (scores[i], i))
         removed |= set(candidates[best])
         if cache is not None:
             cache.drop(candidates[best])
         fraction = sum(sizes[b] for b in removed) / total
         result.steps.append(PruneStep(candidates[best], scores[best], fraction))
-        result.block_forwards = runner.block_forwards
+        result.block_forwards, result.head_passes = runner.block_forwards, runner.head_passes
         if checkpoint is not None:
             checkpoint.save(result)
         bar.set_postfix(removed="+".join(map(str, candidates[best])), ppl=f"{scores[best]:.3f}",
@@ -409,7 +478,7 @@ def greedy_search(
         bar.update(1)
     bar.total = bar.n  # a ratio rule may stop before its bound: the bar ends full
     bar.close()
-    result.block_forwards = runner.block_forwards
+    result.block_forwards, result.head_passes = runner.block_forwards, runner.head_passes
     return result
 
 
