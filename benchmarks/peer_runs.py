@@ -11,7 +11,9 @@ pairs per step, ``max_length`` (no pair is truncated), AdamW (betas 0.9/0.999, n
 rate, no warm-up, no gradient clipping), fp32 on CPU, no gradient checkpointing, sum of response log-probs, sigmoid
 DPO loss with the same beta. Each side shuffles the pairs with its own seeded sampler.
 
-    python -m benchmarks.peer_runs --memory project|trl --model-dir DIR --pairs FILE   # one memory arm, prints JSON
+    python -m benchmarks.peer_runs --memory project|trl --model-dir DIR --pairs FILE --schedule JSON
+
+(one memory arm in this process, printed as JSON; ``benchmarks.peers`` starts one such process per arm).
 """
 from __future__ import annotations
 
@@ -154,8 +156,8 @@ def trl_dpo(model_dir: Path, pairs_file: Path, schedule: Schedule, precompute: b
         return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 
     with tempfile.TemporaryDirectory() as out:
-        args = DPOConfig(**_trl_args(out, schedule), beta=BETA, loss_type=["sigmoid"], precompute_ref_log_probs=precompute,
-                         precompute_ref_batch_size=schedule.pairs)
+        args = DPOConfig(**_trl_args(out, schedule), beta=BETA, loss_type=["sigmoid"],
+                         precompute_ref_log_probs=precompute, precompute_ref_batch_size=schedule.pairs)
         train, held_out = _trl_datasets(pairs_file)
         trainer = TimedDPOTrainer(model=load(), ref_model=None if precompute else load(), args=args,
                                   train_dataset=train, eval_dataset=held_out, processing_class=_tokenizer(model_dir),

@@ -12,11 +12,11 @@ import importlib.util
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
+from statistics import median
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +24,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from benchmarks.page import spread, table, version
-from benchmarks.peer_runs import LR, Schedule, project_dpo, project_reward, sample_bare, sample_project, trl_dpo, trl_reward
+from benchmarks.peer_runs import (LR, Schedule, project_dpo, project_reward, sample_bare, sample_project, trl_dpo,
+                                  trl_reward)
 from benchmarks.registry import Mode, Options
 from lightning_align.data.corpus import load_texts
 from lightning_align.data.preference import encode_prompt, encode_response
@@ -112,10 +113,6 @@ def _exactly(words: list[str], tokens: int, encode: Callable[[str], list[int]]) 
     return None
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 def _timings(model_dir: Path, pairs_file: Path, schedule: Schedule, prompts: list[str], new_tokens: int,
              repeats: int, with_trl: bool) -> tuple[dict[str, list[tuple[float, float]]], bool]:
     """Interleaved repetitions: per row, (this project's seconds, the peer's) of each repetition; and whether greedy
@@ -143,11 +140,11 @@ def _timings(model_dir: Path, pairs_file: Path, schedule: Schedule, prompts: lis
         precomputed = trl_dpo(model_dir, pairs_file, schedule, precompute=True)
         ours_again = project_dpo(model_dir, pairs_file, schedule)
         live = trl_dpo(model_dir, pairs_file, schedule, precompute=False)
-        add("dpo", _median(ours.steps), _median(precomputed.steps))
-        add("dpo_live", _median(ours_again.steps), _median(live.steps))
+        add("dpo", median(ours.steps), median(precomputed.steps))
+        add("dpo_live", median(ours_again.steps), median(live.steps))
         add("setup", ours.setup, precomputed.setup)
-        add("reward", _median(project_reward(model_dir, pairs_file, schedule).steps),
-            _median(trl_reward(model_dir, pairs_file, schedule).steps))
+        add("reward", median(project_reward(model_dir, pairs_file, schedule).steps),
+            median(trl_reward(model_dir, pairs_file, schedule).steps))
     return seconds, same
 
 
@@ -169,6 +166,7 @@ def bench(options: Options) -> str:
     key = "quick" if options.mode == "quick" else "default"
     schedule, (prompt_count, new_tokens) = SCHEDULES[key], SAMPLING[key]
     with_trl = importlib.util.find_spec("trl") is not None
+    load_before = os.getloadavg()[0]
     columns: list[str] = []
     cells: dict[str, list[str]] = {row: [] for row, *_ in ROWS}
     absolute: dict[str, list[str]] = {row: [] for row, *_ in ROWS}
@@ -187,7 +185,7 @@ def bench(options: Options) -> str:
             for row in cells:
                 pairs = seconds.get(row, [])
                 cells[row].append(spread([peer / ours for ours, peer in pairs]) if pairs else "not installed")
-                absolute[row].append(f"{_median([o for o, _ in pairs]):.3f} / {_median([p for _, p in pairs]):.3f}"
+                absolute[row].append(f"{median(o for o, _ in pairs):.3f} / {median(p for _, p in pairs):.3f}"
                                      if pairs else "")
         memory = None
         if with_trl:
@@ -212,7 +210,8 @@ def bench(options: Options) -> str:
         f"{schedule.pairs} pairs per forward. Sampling: {prompt_count} prompts in one left-padded batch, "
         f"{new_tokens} new tokens, greedy (same texts on both sides: {same}), including tokenizing and decoding. "
         f"{options.repeats} interleaved repetition(s); ratio = peer time / this project's time (> 1: this project "
-        "is faster), median (min-max). The machine was loaded by other jobs during the run.")
+        f"is faster), median (min-max). 1-minute load average {load_before:.1f} before and "
+        f"{os.getloadavg()[0]:.1f} after the timings, on {os.cpu_count()} logical CPUs.")
     seconds_rows = [[whats[row], *absolute[row]] for row in cells]
     text = (f"{intro}\n\n{table(['what', 'peer', *columns], rows)}\n\nMedian seconds, this project / peer:\n\n"
             f"{table(['what', *columns], seconds_rows)}")

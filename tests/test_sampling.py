@@ -105,7 +105,8 @@ def test_sequence_logprobs_equal_the_full_logits_path_with_padding(tiny_lm, toke
         return loss, torch.autograd.grad(loss, list(tiny_lm.parameters()))
 
     logits = tiny_lm(input_ids=ids, attention_mask=mask).logits[:, :-1]
-    old = (torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1) * response_mask[:, 1:]).sum(-1)
+    old_tokens = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    old = (old_tokens * response_mask[:, 1:]).sum(-1)
     new = sequence_logprobs(tiny_lm, ids, mask, response_mask)
     assert calls[-1]["use_cache"] is False and 0 < calls[-1]["logits_to_keep"] < ids.shape[1]
     assert torch.allclose(new, old, atol=1e-5)
