@@ -20,17 +20,12 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from benchmarks.memory import peak_rss_mib
+from benchmarks.memory import peak_rss_mib, rss_mib
 from benchmarks.page import spread, table
 from benchmarks.registry import Options
 from lightning_align.algorithms.sampling import sequence_logprobs
 
 BATCHES = (64, 8)
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def measure(batch: int, pairs: int, vocab: int, length: int) -> dict[str, float]:
@@ -42,7 +37,7 @@ def measure(batch: int, pairs: int, vocab: int, length: int) -> dict[str, float]
     mask, response = torch.ones_like(ids), torch.ones_like(ids)
     with torch.no_grad():
         sequence_logprobs(model, ids[:2, :8], mask[:2, :8], response[:2, :8])  # warm-up
-        before, start = _rss_mib(), time.perf_counter()
+        before, start = rss_mib(), time.perf_counter()
         for first in range(0, 2 * pairs, 2 * batch):
             rows = slice(first, first + 2 * batch)
             sequence_logprobs(model, ids[rows], mask[rows], response[rows])

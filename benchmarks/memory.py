@@ -6,6 +6,7 @@ child's exec (the child starts as a copy of the parent), so every arm would repo
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -14,3 +15,9 @@ def peak_rss_mib() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("/proc/self/status has no VmHWM line: peak memory needs Linux")
+
+
+def rss_mib() -> float:
+    """Resident memory now, to subtract what a process held before the part being measured."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

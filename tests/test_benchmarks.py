@@ -19,11 +19,17 @@ from tests.tiny_decoders import single_thread, tiny_decoder
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 
 
-def test_quick_mode_fills_the_page_and_keeps_its_hand_written_part(tmp_path: Path) -> None:
-    page = tmp_path / "benchmarks.md"
+@pytest.fixture(scope="module")
+def quick_page(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The page after one `--quick` run of every benchmark (the run is shared: it takes most of a minute)."""
+    page = tmp_path_factory.mktemp("bench") / "benchmarks.md"
     page.write_text("# Benchmarks\n\nHand-written section.\n")
     main(["--quick", "--page", str(page)])
-    text = page.read_text()
+    return page.read_text()
+
+
+def test_quick_mode_fills_the_page_and_keeps_its_hand_written_part(quick_page: str) -> None:
+    text = quick_page
     assert text.startswith("# Benchmarks\n\nHand-written section.\n")
     quick = [name for name, b in BENCHMARKS.items() if "quick" in b.modes]
     assert all(f"### {name}\n" in text for name in quick)
@@ -35,6 +41,22 @@ def test_quick_mode_fills_the_page_and_keeps_its_hand_written_part(tmp_path: Pat
     assert 0 < float(pruned[2]) < 1, "the pruned model has fewer parameters"
     if importlib.util.find_spec("trl") is None:
         assert text.count("| not installed |") == 4
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL (the `bench` extra) is not installed")
+def test_quick_peer_rows_are_measured_against_trl(quick_page: str) -> None:
+    section = quick_page.split("### peers\n", 1)[1].split("\n### ", 1)[0]
+    ratios, memory = section.split("Median seconds", 1)[0], section.split("Peak memory", 1)[1]
+    rows = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")
+            for part in (ratios, memory) for line in part.splitlines()
+            if line.startswith("| ") and not line.startswith(("| what", "| arm"))}
+    assert set(rows) == {"DPO step (reference precomputed)", "DPO step (this project: reference precomputed, its only "
+                         "way)", "DPO setup (reference log-probs of all pairs)", "reward-model step",
+                         "sampling (`sample_responses`, greedy)", "project", "trl"}
+    for name, cells in rows.items():
+        assert float(cells[-1].split(" ")[0]) > 0, f"{name}: {cells[-1]}"
+    assert "same texts on both sides: True" in section
+    assert float(section.split("TRL / this project (training MiB): ", 1)[1].split(".\n")[0].split(" ")[0]) > 0
 
 
 def test_rewriting_the_page_replaces_only_the_generated_part(tmp_path: Path) -> None:

@@ -87,6 +87,34 @@ def test_sequence_logprobs_mask_prompt_and_padding(tiny_lm, tokenizer):
     assert torch.allclose(averaged, batched / response_mask[:, 1:].sum(-1))
 
 
+def test_sequence_logprobs_equal_the_full_logits_path_with_padding(tiny_lm, tokenizer):
+    """Logits only from the earliest response position on, no KV cache: DPO log-probs, loss and gradients as before
+    (full logits, fp32 log_softmax) for prompts of different lengths, right padding included."""
+    from lightning_align.algorithms.losses import dpo_loss
+
+    prompts = ["the quick brown fox jumps", "a class", "over the lazy", "the dog"]
+    responses = [" fox", " class defines attributes of it", " dog", " the end of a longer answer here"]
+    ids, mask, response_mask = encode_pairs(tokenizer, prompts, responses, max_length=32)
+    assert mask[:, -1].sum() < len(prompts) and response_mask.float().argmax(-1).min() > 1
+    calls = []
+    tiny_lm.register_forward_pre_hook(lambda _, args, kwargs: calls.append(kwargs), with_kwargs=True)
+    tiny_lm.train()
+
+    def loss_and_grads(logps):
+        loss, _ = dpo_loss(logps[:2], logps[2:], torch.tensor([-9.0, -30.0]), torch.tensor([-8.0, -40.0]))
+        return loss, torch.autograd.grad(loss, list(tiny_lm.parameters()))
+
+    logits = tiny_lm(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    old_tokens = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    old = (old_tokens * response_mask[:, 1:]).sum(-1)
+    new = sequence_logprobs(tiny_lm, ids, mask, response_mask)
+    assert calls[-1]["use_cache"] is False and 0 < calls[-1]["logits_to_keep"] < ids.shape[1]
+    assert torch.allclose(new, old, atol=1e-5)
+    (old_loss, old_grads), (new_loss, new_grads) = loss_and_grads(old), loss_and_grads(new)
+    assert torch.allclose(new_loss, old_loss, atol=1e-6)
+    assert all(torch.allclose(n, o, atol=1e-6) for n, o in zip(new_grads, old_grads))
+
+
 def test_encode_pairs_truncates_prompt_from_the_left(tokenizer):
     ids, mask, response_mask = encode_pairs(tokenizer, ["the quick brown fox jumps over"], [" the lazy dog"], 12)
     p_ids, r_ids = encode_prompt(tokenizer, "the quick brown fox jumps over"), encode_response(tokenizer, " the lazy dog")

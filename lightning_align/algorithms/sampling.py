@@ -137,12 +137,21 @@ def sample_responses(
 def sequence_logprobs(
     model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor, average: bool = False
 ) -> Tensor:
-    """Sum (or mean, for IPO-style length normalisation) of log π(y_t | x, y_<t) over response tokens: shape [B]."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    # Every position gets a target (the last a dummy, dropped after) so the logits are used whole: a slice of them
-    # would cost a full-size zero-filled gradient in the backward pass.
-    token_logps = token_logprobs(logits, torch.nn.functional.pad(input_ids[:, 1:], (0, 1)))[:, :-1]
-    mask = response_mask[:, 1:].to(token_logps.dtype)
+    """Sum (or mean, for IPO-style length normalisation) of log π(y_t | x, y_<t) over response tokens: shape [B].
+
+    The forward builds no KV cache and computes LM-head logits only from the position before the batch's earliest
+    response token on (`logits_to_keep`): the prompt columns every row shares predict no scored token, and at a
+    large vocabulary their logits would be most of the step's compute and memory.
+    """
+    scored = response_mask.any(0).nonzero()
+    first = int(scored[0]) if len(scored) else input_ids.shape[1]
+    keep = input_ids.shape[1] - max(first - 1, 0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
+    # Every kept position gets a target (the last a dummy, dropped after) so the logits are used whole: a slice of
+    # them would cost a full-size zero-filled gradient in the backward pass.
+    targets = torch.nn.functional.pad(input_ids[:, input_ids.shape[1] - keep + 1:], (0, 1))
+    token_logps = token_logprobs(logits, targets)[:, :-1]
+    mask = response_mask[:, input_ids.shape[1] - keep + 1:].to(token_logps.dtype)
     total = (token_logps * mask).sum(-1)
     return total / mask.sum(-1).clamp(min=1) if average else total
 

@@ -63,6 +63,6 @@ def reward_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: Ten
     """Scalar reward per right-padded row, read at its last attended token: shape [B]."""
     if isinstance(model, PeftModel):  # adapters are injected in place: the wrapped model runs them
         model = model.get_base_model()
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     last = attention_mask.sum(-1) - 1
     return model.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last]).squeeze(-1).float()

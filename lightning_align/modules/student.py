@@ -94,11 +94,11 @@ class StudentModule(L.LightningModule):
         return self.model(input_ids=input_ids).logits
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        output = self.model(input_ids=batch, labels=batch)
+        output = self.model(input_ids=batch, labels=batch, use_cache=False)
         loss = output.loss
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_logits = self.teacher(input_ids=batch).logits
+                teacher_logits = self.teacher(input_ids=batch, use_cache=False).logits
             kd = distillation_loss(output.logits, teacher_logits, self.distill.temperature)
             self.log("train/lm_loss", output.loss)
             self.log("train/kd_loss", kd)
