@@ -55,14 +55,14 @@ class StepClock(SearchCheckpoint):
 
     def __init__(self) -> None:
         super().__init__(Path("unused"), {})
-        self.marks: list[tuple[float, int]] = [(time.perf_counter(), 0)]
+        self.marks: list[tuple[float, int, int]] = [(time.perf_counter(), 0, 0)]
 
     def load(self, dense_ppl: float) -> list:
-        self.marks = [(time.perf_counter(), 0)]
+        self.marks = [(time.perf_counter(), 0, 0)]
         return []
 
     def save(self, result: SearchResult) -> None:
-        self.marks.append((time.perf_counter(), result.block_forwards))
+        self.marks.append((time.perf_counter(), result.block_forwards, result.head_passes))
 
 
 def random_llama(sizes: Sizes, device: str = "cpu", dtype: torch.dtype = torch.float32
@@ -95,10 +95,11 @@ def compare_searches(model: torch.nn.Module, tokens: torch.Tensor, blocks: int, 
                for r in results.values())
     official, dense = naive.official_block_forwards, tokens.size(0) * len(all_blocks(model))
     rows = [[name, f"{r.block_forwards - dense:,}", f"{official / (r.block_forwards - dense):.2f}",
-             spread(seconds[name], 3), spread([n / f for n, f in zip(seconds["naive"], seconds[name])])]
+             f"{r.head_passes - tokens.size(0):,}", spread(seconds[name], 3),
+             spread([n / f for n, f in zip(seconds["naive"], seconds[name])])]
             for name, r in results.items()]
-    rows.append(["official (counted)", f"{official:,}", "1.00", "", ""])
-    header = ["search", "block-forwards", "official / this", "wall s", "naive wall / this"]
+    rows.append(["official (counted)", f"{official:,}", "1.00", f"{naive.candidates_scored:,}", "", ""])
+    header = ["search", "block-forwards", "official / this", "LM-head passes", "wall s", "naive wall / this"]
     return table(header, rows), same
 
 
@@ -142,22 +143,28 @@ def steps_on_model(model_dir: Path, sizes: Sizes, stop: StopRule | None = None,
     result = block_pruner(model, calibration, stop or StopRule(num_blocks=sizes.blocks), batch_size=sizes.batch,
                           progress=True, cache_mb=cache_mb, checkpoint=clock)
     blocks = 2 * model.config.num_hidden_layers
-    rows, official_total = [], 0
+    rows, official_total, sequences = [], 0, calibration.size(0)
     for k, (step, (before, after)) in enumerate(zip(result.steps, zip(clock.marks, clock.marks[1:]))):
-        official = calibration.size(0) * blocks * (blocks - k)
+        official = sequences * blocks * (blocks - k)
         official_total += official
-        forwards = after[1] - before[1] if k else after[1] - calibration.size(0) * blocks  # less the dense pass
+        forwards = after[1] - before[1] if k else after[1] - sequences * blocks  # less the dense pass
+        heads = after[2] - before[2] if k else after[2] - sequences
         rows.append([str(k + 1), "+".join(map(str, step.removed)), f"{step.ppl:.3f}", f"{after[0] - before[0]:.0f}",
-                     f"{forwards:,}", f"{official:,}", f"{official / forwards:.2f}"])
-    search = result.block_forwards - calibration.size(0) * blocks
+                     f"{forwards:,}", f"{official:,}", f"{official / forwards:.2f}",
+                     f"{heads // sequences} of {blocks - k}"])
+    search = result.block_forwards - sequences * blocks
+    heads = (result.head_passes - sequences) // sequences
     rows.append(["all", "", "", f"{clock.marks[-1][0] - clock.marks[0][0]:.0f}", f"{search:,}", f"{official_total:,}",
-                 f"{official_total / search:.2f}"])
+                 f"{official_total / search:.2f}", f"{heads} of {result.candidates_scored // sequences}"])
     where = f"{torch.get_num_threads()} thread(s)" if device == "cpu" else device
     intro = (f"`{Path(model_dir).name}` ({blocks // 2} layers, {str(dtype).split('.')[1]}), {calibration.size(0)}x"
              f"{sizes.length} calibration tokens of the embedded corpus, batch {sizes.batch}, {where}, "
              f"`search_cache_mb` {cache_mb:.0f}; dense calibration ppl {result.dense_ppl:.3f}. "
-             "Block-forwards of the steps (the dense pass left out; step 1 includes the first walk).")
-    header = ["step", "removed", "calibration ppl", "seconds", "block-forwards", "official", "official / this"]
+             "Block-forwards of the steps (the dense pass left out; step 1 includes the first walk); LM-head passes "
+             "over the calibration set against candidates scored (the official search: one each), the shortlist's "
+             "pass included.")
+    header = ["step", "removed", "calibration ppl", "seconds", "block-forwards", "official", "official / this",
+              "LM-head passes"]
     return f"{intro}\n\n{table(header, rows)}"
 
 
