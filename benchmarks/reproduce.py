@@ -64,6 +64,21 @@ def record_name(claim: str, model: Path | None) -> str:
     return claim if model is None else f"{claim}-{model.name}"
 
 
+def public_args(argv: list[str]) -> list[str]:
+    """The command line as the page shows it: where runs and records go left out, a model directory by its name
+    (the numbers depend on neither, and a page should not carry one machine's paths)."""
+    shown, args = [], iter(argv)
+    for arg in args:
+        name, equals, value = arg.partition("=")
+        if name in ("--out", "--results", "--model"):
+            value = value if equals else next(args, "")
+            if name == "--model":
+                shown += ["--model", Path(value).name]
+            continue
+        shown.append(arg)
+    return shown
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
@@ -85,7 +100,7 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error("--model applies to the blockpruner claim only: add --only blockpruner")
     torch.set_num_threads(1)  # shared CPUs time badly with more, and seeds must not race each other for cores
     seeds = args.seeds or (QUICK_SEEDS if args.quick else FULL_SEEDS)
-    command = "python -m benchmarks.reproduce " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.reproduce " + shlex.join(public_args(argv if argv is not None else sys.argv[1:]))
     records = args.results / "results"
     records.mkdir(parents=True, exist_ok=True)
     for name in args.only:

@@ -10,7 +10,7 @@ import torch
 
 from benchmarks.claim_pruning import QUICK, REAL, split
 from benchmarks.claim_pruning import run as run_pruning_claim
-from benchmarks.reproduce import CLAIMS, main
+from benchmarks.reproduce import CLAIMS, main, public_args
 from benchmarks.reproduce_types import Scale
 from benchmarks.results_page import write_results
 from lightning_align.data.corpus import load_texts
@@ -109,3 +109,10 @@ def test_quick_mode_runs_every_claim(tmp_path: Path) -> None:
     page = main(["--quick", "--out", str(tmp_path / "runs"), "--results", str(tmp_path)]).read_text()
     assert all(f"## `{name}` (preliminary)" in page for name in CLAIMS)
     assert len(verdict_rows(page)) == 6 + 5 + 4  # mutual_taught: no oracle arm in quick mode
+
+
+def test_the_recorded_command_carries_no_machine_paths() -> None:
+    argv = ["--full", "--only", "blockpruner", "--model", "/data/models/smollm2", "--seeds", "3", "--out", "/tmp/r",
+            "--results=/tmp/d"]
+    assert public_args(argv) == ["--full", "--only", "blockpruner", "--model", "smollm2", "--seeds", "3"]
+    assert public_args(["--quick", "--model=/a/b/m"]) == ["--quick", "--model", "m"]
