@@ -21,3 +21,21 @@ def rss_mib() -> float:
     """Resident memory now, to subtract what a process held before the part being measured."""
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_mib(device: str) -> float:
+    """Peak memory of this process on ``device``: the resident set on CPU, allocated GPU memory on CUDA."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mib()
+
+
+def clock(device: str) -> float:
+    """Wall time once ``device`` has finished its queued work (CUDA runs asynchronously)."""
+    import time
+
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()

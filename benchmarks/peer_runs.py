@@ -8,8 +8,9 @@ one method each side runs it in: ``PolicyModule.annotate`` and ``DPOTrainer._pre
 
 Both sides: the same model directory and tokenizer, the same pairs (the same one pair held out, which both annotate),
 pairs per step, ``max_length`` (no pair is truncated), AdamW (betas 0.9/0.999, no weight decay, constant learning
-rate, no warm-up, no gradient clipping), fp32 on CPU, no gradient checkpointing, sum of response log-probs, sigmoid
-DPO loss with the same beta. Each side shuffles the pairs with its own seeded sampler.
+rate, no warm-up, no gradient clipping), fp32 on CPU or bf16 mixed precision (fp32 weights) on CUDA, no gradient
+checkpointing, sum of response log-probs, sigmoid DPO loss with the same beta. Each side shuffles the pairs with its
+own seeded sampler. On CUDA every clock reading waits for the device first.
 
     python -m benchmarks.peer_runs --memory project|trl --model-dir DIR --pairs FILE --schedule JSON
 
@@ -20,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.memory import peak_rss_mib, rss_mib
+from benchmarks.memory import clock, peak_mib, rss_mib
 
 LR, BETA, SEED = 1e-4, 0.1, 0
 
@@ -40,6 +40,7 @@ class Schedule:
     warmup: int
     timed: int
     max_length: int
+    device: str = "cpu"  # or "cuda": bf16 mixed precision on both sides
 
     @property
     def steps(self) -> int:
@@ -88,9 +89,9 @@ def project_dpo(model_dir: Path, pairs_file: Path, schedule: Schedule) -> Timing
         setup_seconds = 0.0
 
         def annotate(self, records: list[dict[str, Any]]) -> None:
-            start = time.perf_counter()
+            start = clock(schedule.device)
             super().annotate(records)
-            self.setup_seconds += time.perf_counter() - start
+            self.setup_seconds += clock(schedule.device) - start
 
     module = TimedPolicy(**_project_args(model_dir, schedule), beta=BETA, annotate_batch_size=schedule.pairs)
     ends = _fit(module, pairs_file, schedule)
@@ -123,19 +124,21 @@ def _fit(module: Any, pairs_file: Path, schedule: Schedule) -> list[float]:
             self.ends: list[float] = []
 
         def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-            self.ends.append(time.perf_counter())
+            self.ends.append(clock(schedule.device))
 
         def on_train_batch_end(self, *args: Any) -> None:
-            self.ends.append(time.perf_counter())
+            self.ends.append(clock(schedule.device))
 
     data = PreferenceDataModule(path=str(pairs_file), val_fraction=val_fraction(len(_pairs(pairs_file))),
                                 batch_size=schedule.pairs, seed=SEED)
-    clock = StepClock()
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=schedule.steps, logger=False,
+    steps = StepClock()
+    cuda = schedule.device == "cuda"
+    trainer = L.Trainer(accelerator="gpu" if cuda else "cpu", devices=1, precision="bf16-mixed" if cuda else "32-true",
+                        max_steps=schedule.steps, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock])
+                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[steps])
     trainer.fit(module, datamodule=data)
-    return clock.ends
+    return steps.ends
 
 
 def trl_dpo(model_dir: Path, pairs_file: Path, schedule: Schedule, precompute: bool) -> Timing:
@@ -147,9 +150,9 @@ def trl_dpo(model_dir: Path, pairs_file: Path, schedule: Schedule, precompute: b
         setup_seconds = 0.0
 
         def _precompute_ref_logps(self, *args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start = clock(schedule.device)
             out = super()._precompute_ref_logps(*args, **kwargs)
-            self.setup_seconds += time.perf_counter() - start
+            self.setup_seconds += clock(schedule.device) - start
             return out
 
     def load() -> torch.nn.Module:
@@ -161,7 +164,7 @@ def trl_dpo(model_dir: Path, pairs_file: Path, schedule: Schedule, precompute: b
         train, held_out = _trl_datasets(pairs_file)
         trainer = TimedDPOTrainer(model=load(), ref_model=None if precompute else load(), args=args,
                                   train_dataset=train, eval_dataset=held_out, processing_class=_tokenizer(model_dir),
-                                  callbacks=[_trl_clock()])
+                                  callbacks=[_trl_clock(schedule.device)])
         return Timing(_trl_train(trainer, schedule), trainer.setup_seconds)
 
 
@@ -175,7 +178,7 @@ def trl_reward(model_dir: Path, pairs_file: Path, schedule: Schedule) -> Timing:
     with tempfile.TemporaryDirectory() as out:
         train, _ = _trl_datasets(pairs_file)
         trainer = RewardTrainer(model=model, args=RewardConfig(**_trl_args(out, schedule)), train_dataset=train,
-                                processing_class=_tokenizer(model_dir), callbacks=[_trl_clock()])
+                                processing_class=_tokenizer(model_dir), callbacks=[_trl_clock(schedule.device)])
         return Timing(_trl_train(trainer, schedule))
 
 
@@ -189,7 +192,8 @@ def _trl_args(out: str, schedule: Schedule) -> dict[str, Any]:
     return {"output_dir": out, "max_steps": schedule.steps, "per_device_train_batch_size": schedule.pairs,
             "learning_rate": LR, "lr_scheduler_type": "constant", "warmup_steps": 0, "weight_decay": 0.0,
             "adam_beta1": 0.9, "adam_beta2": 0.999, "optim": "adamw_torch", "max_grad_norm": 0.0,
-            "max_length": schedule.max_length, "use_cpu": True, "bf16": False, "fp16": False,
+            "max_length": schedule.max_length, "use_cpu": schedule.device == "cpu", "bf16": schedule.device == "cuda",
+            "fp16": False,
             "gradient_checkpointing": False, "report_to": "none", "save_strategy": "no", "eval_strategy": "no",
             "disable_tqdm": True, "dataloader_num_workers": 0, "seed": SEED}
 
@@ -202,7 +206,7 @@ def _trl_datasets(pairs_file: Path) -> tuple[Any, Any]:
     return tuple(datasets.Dataset.from_list(part) for part in read_split(pairs_file))
 
 
-def _trl_clock() -> Any:
+def _trl_clock(device: str) -> Any:
     from transformers import TrainerCallback
 
     class StepClock(TrainerCallback):
@@ -210,10 +214,10 @@ def _trl_clock() -> Any:
             self.ends: list[float] = []
 
         def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
-            self.ends.append(time.perf_counter())
+            self.ends.append(clock(device))
 
         def on_step_end(self, *args: Any, **kwargs: Any) -> None:
-            self.ends.append(time.perf_counter())
+            self.ends.append(clock(device))
 
     return StepClock()
 
@@ -223,8 +227,8 @@ def _trl_train(trainer: Any, schedule: Schedule) -> list[float]:
 
     trainer.remove_callback(PrinterCallback)  # it prints every log line; this project's side prints none either
     trainer.train()
-    clock = next(c for c in trainer.callback_handler.callbacks if type(c).__name__ == "StepClock")
-    return _step_seconds(clock.ends, schedule)
+    steps = next(c for c in trainer.callback_handler.callbacks if type(c).__name__ == "StepClock")
+    return _step_seconds(steps.ends, schedule)
 
 
 def sample_project(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int) -> tuple[float, list[str]]:
@@ -232,33 +236,34 @@ def sample_project(model: Any, tokenizer: Any, prompts: list[str], new_tokens: i
     from lightning_align.algorithms.sampling import SamplingConfig, sample_responses
 
     config = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0, batch_size=len(prompts))
-    start = time.perf_counter()
+    start = clock(model.device.type)
     texts = sample_responses(model, tokenizer, prompts, 1, config, None)
-    return time.perf_counter() - start, [t[0] for t in texts]
+    return clock(model.device.type) - start, [t[0] for t in texts]
 
 
 def sample_bare(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int) -> tuple[float, list[str]]:
     """What a user writes without the project: tokenize left-padded, ``generate`` greedy, decode."""
-    start = time.perf_counter()
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    start = clock(model.device.type)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return time.perf_counter() - start, texts
+    return clock(model.device.type) - start, texts
 
 
 def memory(arm: str, model_dir: Path, pairs_file: Path, schedule: Schedule) -> dict[str, float]:
-    """Peak RSS of a whole DPO run (reference precomputed) in this process, and that peak minus the RSS once both
-    sides' libraries are imported (so import footprints do not count)."""
+    """Peak memory of a whole DPO run (reference precomputed) in this process, and that peak minus what was in use
+    once both sides' libraries are imported (so import footprints do not count): the resident set on CPU, allocated
+    GPU memory on CUDA."""
     import lightning_align.modules.policy  # noqa: F401  (both arms import both sides' libraries)
     import trl  # noqa: F401
 
-    base = rss_mib()
+    base = rss_mib() if schedule.device == "cpu" else torch.cuda.memory_allocated() / 2**20
     if arm == "project":
         project_dpo(model_dir, pairs_file, schedule)
     else:
         trl_dpo(model_dir, pairs_file, schedule, precompute=True)
-    peak = peak_rss_mib()
+    peak = peak_mib(schedule.device)
     return {"peak_mib": peak, "training_mib": peak - base}
 
 

@@ -15,7 +15,7 @@ import random
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from statistics import median
 from pathlib import Path
 from typing import Callable
@@ -116,10 +116,11 @@ def _exactly(words: list[str], tokens: int, encode: Callable[[str], list[int]]) 
 def _timings(model_dir: Path, pairs_file: Path, schedule: Schedule, prompts: list[str], new_tokens: int,
              repeats: int, with_trl: bool) -> tuple[dict[str, list[tuple[float, float]]], bool]:
     """Interleaved repetitions: per row, (this project's seconds, the peer's) of each repetition; and whether greedy
-    sampling gave the same texts on both sides."""
+    sampling gave the same texts on both sides (in bf16 on CUDA, as a user would sample there)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    dtype = torch.bfloat16 if schedule.device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(schedule.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     sample_project(model, tokenizer, prompts[:2], 2)  # warm-up
     sample_bare(model, tokenizer, prompts[:2], 2)
@@ -164,7 +165,7 @@ def _memory(model_dir: Path, pairs_file: Path, schedule: Schedule, repeats: int,
 def bench(options: Options) -> str:
     torch.set_num_threads(options.threads)
     key = "quick" if options.mode == "quick" else "default"
-    schedule, (prompt_count, new_tokens) = SCHEDULES[key], SAMPLING[key]
+    schedule, (prompt_count, new_tokens) = replace(SCHEDULES[key], device=options.device), SAMPLING[key]
     with_trl = importlib.util.find_spec("trl") is not None
     load_before = os.getloadavg()[0]
     columns: list[str] = []
@@ -202,8 +203,10 @@ def bench(options: Options) -> str:
         "none is truncated); "
         f"{schedule.pairs} pairs per step, {schedule.steps} steps, the first {schedule.warmup} dropped as warm-up; "
         f"1 pair held out (both sides annotate it). AdamW lr {LR:g}, betas 0.9/0.999, no weight decay, "
-        "constant rate, no warm-up, no clipping, no gradient checkpointing, fp32, CPU, "
-        f"{options.threads} torch thread(s); DPO beta 0.1, sigmoid loss, summed log-probs. A step is the wall time "
+        "constant rate, no warm-up, no clipping, no gradient checkpointing, "
+        + (f"fp32, CPU, {options.threads} torch thread(s)" if options.device == "cpu" else
+           "bf16 mixed precision (Lightning `bf16-mixed`, TRL `bf16=True`; sampling in bf16 weights), CUDA")
+        + "; DPO beta 0.1, sigmoid loss, summed log-probs. A step is the wall time "
         "between two optimizer-step ends in each side's own trainer (Lightning `Trainer` with `PolicyModule` / "
         "`RewardModule` and `PreferenceDataModule`; TRL's `Trainer`), median over the timed steps; setup is the "
         "time of `PolicyModule.annotate` vs TRL's `_precompute_ref_logps`, both over all pairs, "
@@ -224,7 +227,9 @@ def bench(options: Options) -> str:
     return (f"TRL {version('trl')}. {text}\n\nPeak memory of a whole DPO run (reference precomputed on both sides) "
             f"on a {mem_params / 1e6:.1f}M random LLaMA with a {mem_size.vocab:,}-token vocabulary (hidden "
             f"{mem_size.hidden}, {mem_size.layers} layers), same pairs and schedule, each arm in its own process; "
-            "\"training MiB\" is the peak minus the resident set once both sides' libraries are imported. "
+            "\"training MiB\" is the peak minus the "
+            f"{'resident set' if options.device == 'cpu' else 'allocated GPU memory'} once both sides' libraries are "
+            "imported. "
             f"TRL / this project (training MiB): {ratio}.\n\n"
             f"{table(['arm', 'peak MiB', 'training MiB'], mem_rows)}")
 

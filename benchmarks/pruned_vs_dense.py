@@ -21,14 +21,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from benchmarks.memory import peak_rss_mib
+from benchmarks.memory import clock, peak_mib
 from benchmarks.page import spread, table
 from benchmarks.registry import Options
 from lightning_align.algorithms.block_pruner import SearchResult, StopRule, block_pruner
@@ -56,13 +55,6 @@ DEFAULT = Sizes(hidden=256, layers=8, vocab=2048, ratios=(0.1, 0.2, 0.3), batch=
                 new_tokens=32, forwards=5)
 
 
-def _clock(device: str) -> float:
-    """Wall time after the device finished its queued work (CUDA runs asynchronously)."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
 def measure_arm(model_dir: Path, sizes: Sizes, device: str = "cpu") -> dict[str, float]:
     """One arm in this process: parameters, median forward ms, generation tokens/s, peak memory (MiB: resident set
     on CPU, allocated GPU memory on CUDA)."""
@@ -76,16 +68,15 @@ def measure_arm(model_dir: Path, sizes: Sizes, device: str = "cpu") -> dict[str,
         model.generate(prompt, max_new_tokens=2, **decode)
         times = []
         for _ in range(sizes.forwards):
-            start = _clock(device)
+            start = clock(device)
             model(input_ids=tokens, use_cache=False)
-            times.append(_clock(device) - start)
-        start = _clock(device)
+            times.append(clock(device) - start)
+        start = clock(device)
         out = model.generate(prompt, max_new_tokens=sizes.new_tokens, **decode)
-        generate_s = _clock(device) - start
+        generate_s = clock(device) - start
     generated = out[:, sizes.prompt:].numel()
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mib()
     return {"params": count_parameters(model), "forward_ms": 1000 * statistics.median(times),
-            "tokens_per_s": generated / generate_s, "peak_mib": peak}
+            "tokens_per_s": generated / generate_s, "peak_mib": peak_mib(device)}
 
 
 def run_arm(model_dir: Path, sizes: Sizes, threads: int, device: str = "cpu") -> dict[str, float]:
