@@ -77,10 +77,12 @@ def random_llama(sizes: Sizes, device: str = "cpu", dtype: torch.dtype = torch.f
 
 def compare_searches(model: torch.nn.Module, tokens: torch.Tensor, blocks: int, batch: int, repeats: int
                      ) -> tuple[str, bool]:
-    """Fast (cache on and off) and naive searches for ``blocks`` greedy steps, alternating ``repeats`` times;
-    (Markdown table, identical order and perplexities?)."""
+    """This project's search, without its LM-head bound, without the bound and the stream cache (the search before
+    either), and the naive one, for ``blocks`` greedy steps, alternating ``repeats`` times; (Markdown table,
+    identical order and perplexities?)."""
     stop = StopRule(num_blocks=blocks)
-    variants = {"this project": {"cache_mb": DEFAULT_CACHE_MB}, "without the stream cache": {"cache_mb": 0},
+    variants = {"this project": {"cache_mb": DEFAULT_CACHE_MB}, "without the LM-head bound": {"head_bound": False},
+                "prefix reuse only (neither)": {"cache_mb": 0, "head_bound": False},
                 "naive": {"reuse_prefix": False}}
     block_pruner(model, tokens[:batch], StopRule(num_blocks=1), batch_size=batch, progress=False)
     seconds: dict[str, list[float]] = {name: [] for name in variants}
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=REAL.blocks, help="greedy steps on --model")
     parser.add_argument("--target-ratio", type=float, help="on --model: search until this share of parameters is removed")
     parser.add_argument("--compare", action="store_true",
-                        help="on --model: this search, the one without the stream cache and the naive one, alternating")
+                        help="on --model: this search, without its bound, without bound and cache, naive; alternating")
     parser.add_argument("--sequences", type=int, default=REAL.sequences, help="on --model: calibration sequences")
     parser.add_argument("--length", type=int, default=REAL.length, help="on --model: tokens per calibration sequence")
     parser.add_argument("--cache-mb", type=float, default=DEFAULT_CACHE_MB, help="on --model: search_cache_mb")

@@ -96,9 +96,15 @@ def test_the_three_searches_agree_side_by_side_on_a_model_directory(tmp_path: Pa
     text, same = compare_on_model(_tiny_model_dir(tmp_path), Sizes(layers=0, hidden=0, sequences=3, length=16,
                                                                    blocks=2, batch=2), repeats=2)
     assert same and "Identical order and perplexities: True" in text
-    counts = {line.split(" | ")[0].lstrip("| "): int(line.split(" | ")[1].replace(",", ""))
-              for line in text.splitlines() if line.startswith("| ") and line[2].isalpha() and "search" not in line}
-    assert counts["this project"] <= counts["without the stream cache"] < counts["naive"] <= counts["official (counted)"]
+    cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
+             for line in text.splitlines() if line.startswith("| ") and line[2].isalpha() and "search" not in line}
+    forwards = {name: int(cell[1].replace(",", "")) for name, cell in cells.items()}
+    heads = {name: int(cell[3].replace(",", "")) for name, cell in cells.items()}
+    extra = forwards["this project"] - forwards["without the LM-head bound"]
+    assert 0 <= extra <= 3 * 2 * 6, "the bound adds at most the running stream's tail per step (for its shortlist)"
+    assert forwards["without the LM-head bound"] <= forwards["prefix reuse only (neither)"] < forwards["naive"]
+    assert forwards["naive"] <= forwards["official (counted)"]
+    assert heads["without the LM-head bound"] == heads["naive"] == heads["official (counted)"]
 
 
 def test_spread_is_the_median_with_min_and_max() -> None:

@@ -429,6 +429,7 @@ def greedy_search(
     progress: bool = True,
     cache_mb: float = DEFAULT_CACHE_MB,
     checkpoint: SearchCheckpoint | None = None,
+    head_bound: bool = True,
 ) -> SearchResult:
     """Greedy removal re-scored every step: drop the candidate group with the lowest perplexity, until ``stop``.
 
@@ -437,7 +438,8 @@ def greedy_search(
     The last candidate is never removed, so the model keeps at least one block (or layer).
     Callers validate ``stop`` before building the runner, so bad rules fail before any forward pass.
     ``cache_mb`` bounds the streams kept across steps (0: none); ``checkpoint`` resumes the steps it holds
-    (those ``stop`` still allows) and is rewritten after every step.
+    (those ``stop`` still allows) and is rewritten after every step. ``head_bound`` rules out candidates by their
+    LM-head lower bound (``score_candidates``); like the cache, it changes the work, never the picks.
     """
     model = runner.model
     sizes, total = block_parameters(model), count_parameters(model)
@@ -462,7 +464,7 @@ def greedy_search(
         kept = len(sizes) - len(removed)
         result.naive_block_forwards += runner.num_sequences * sum(kept - len(g) for g in candidates)
         result.official_block_forwards += runner.num_sequences * len(sizes) * len(candidates)
-        scores = runner.score_candidates(removed, candidates, reuse_prefix, cache, bound=True)
+        scores = runner.score_candidates(removed, candidates, reuse_prefix, cache, bound=head_bound)
         result.candidates_scored += runner.num_sequences * len(candidates)
         best = min(range(len(candidates)), key=lambda i: (scores[i], i))
         removed |= set(candidates[best])
@@ -497,10 +499,11 @@ def block_pruner(
     progress: bool = True,
     cache_mb: float = DEFAULT_CACHE_MB,
     checkpoint: SearchCheckpoint | None = None,
+    head_bound: bool = True,
 ) -> SearchResult:
     """BlockPruner search on ``calibration`` ([sequences, length] token ids); the model is left unchanged."""
     stop.validate(model)
     runner = BlockRunner(model, calibration, batch_size)
     return greedy_search(
-        runner, single_blocks(model), stop, "blockpruner", reuse_prefix, progress, cache_mb, checkpoint
+        runner, single_blocks(model), stop, "blockpruner", reuse_prefix, progress, cache_mb, checkpoint, head_bound
     )
