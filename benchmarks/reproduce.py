@@ -31,8 +31,9 @@ CLAIMS = {claim.name: claim for claim in (
           "Block Influence (ShortGPT) at equal removed parameters.", "held-out perplexity", True,
           "Whole layers are the same size here, so at budgets of whole layers the finer search can only win by "
           "dropping an attention block of one layer and an MLP of another; a 1% gap is within the spread of a "
-          "32-block evaluation set. Test: more evaluation blocks (or a real pretrained model with `--model`) and "
-          "budgets between whole layers, where the finer units can use budget the coarser ones leave.",
+          "32-block evaluation set; with few calibration tokens the finer search can also fit them more closely than "
+          "held-out text rewards. Test: more evaluation and calibration blocks, and budgets between whole layers, "
+          "where the finer units can use budget the coarser ones leave.",
           claim_pruning.run),
     Claim("enlarge_prune", "Enlarge → prune → recover on one shared LR curve (AdamW moments carried) ends with a lower "
           "held-out perplexity than the naive re-warm-up, than the target size trained from scratch, and than the "
