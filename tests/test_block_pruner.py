@@ -200,8 +200,10 @@ def test_head_bound_skips_candidates_that_cannot_win_and_keeps_every_pick_exact(
     model: torch.nn.Module, top: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A shortlist of 2 (loose bounds) or 64 of the 101 tokens (tight): the same winner, its exact perplexity, and the
-    same search as the naive one; ruled-out candidates cost no head pass."""
+    same search as the naive one; ruled-out candidates cost no head pass. (A shortlist this close to the tiny
+    vocabulary's size is not worth it outside a test: ``SHORTLIST_MAX_SHARE`` is lifted.)"""
     monkeypatch.setattr(block_pruner_module, "SHORTLIST_TOP", top)
+    monkeypatch.setattr(block_pruner_module, "SHORTLIST_MAX_SHARE", 1.0)
     candidates = [(b,) for b in all_blocks(model)]
     runner = BlockRunner(model, CALIBRATION, batch_size=2)
     exact = runner.score_candidates(set(), candidates, reuse_prefix=True)
@@ -219,3 +221,17 @@ def test_head_bound_skips_candidates_that_cannot_win_and_keeps_every_pick_exact(
     fast = block_pruner(model, CALIBRATION, stop, batch_size=2, progress=False)
     assert fast.steps == naive.steps
     assert top == 2 or fast.head_passes < naive.head_passes
+
+
+@pytest.mark.parametrize("top", [64, 20])
+def test_a_shortlist_near_the_vocabulary_size_is_not_used(
+    model: torch.nn.Module, top: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over a quarter of a 101-token vocabulary, bounding would cost about a head pass per candidate: 64 tokens per
+    position is refused before any shortlist, 20 per position once the batch's shortlist comes out too long."""
+    monkeypatch.setattr(block_pruner_module, "SHORTLIST_TOP", top)
+    candidates = [(b,) for b in all_blocks(model)]
+    runner = BlockRunner(model, CALIBRATION, batch_size=2)
+    exact = runner.score_candidates(set(), candidates, reuse_prefix=True)
+    monkeypatch.setattr(BlockRunner, "nll_lower_bound", lambda *args: pytest.fail("bounded with a long shortlist"))
+    assert runner.score_candidates(set(), candidates, reuse_prefix=True, bound=True) == exact

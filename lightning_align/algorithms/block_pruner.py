@@ -52,6 +52,7 @@ Group = tuple[Block, ...]
 DEFAULT_CACHE_MB = 1024.0  # streams kept across greedy steps: a 30-layer, 576-wide model at 8x128 tokens fits stride 5
 SHORTLIST_TOP = 64  # per position, the running model's most likely tokens that join the vocabulary shortlist
 BOUND_SLACK = 1e-4  # relative margin before a bound rules a candidate out: covers fp32 rounding, never the search
+SHORTLIST_MAX_SHARE = 0.25  # a longer shortlist costs about a head pass: that batch is bounded by 0 (NLL >= 0) instead
 
 
 @dataclass(frozen=True)
@@ -293,7 +294,9 @@ class BlockRunner:
         others, and so the minimum and its position, are exactly what the full computation gives.
         """
         kept = [b for b in all_blocks(self.model) if b not in removed]
-        bound = bound and reuse_prefix and self.model.lm_head.weight.dtype == torch.float32
+        vocabulary = self.model.lm_head.weight.size(0)
+        bound = (bound and reuse_prefix and self.model.lm_head.weight.dtype == torch.float32
+                 and SHORTLIST_TOP < SHORTLIST_MAX_SHARE * vocabulary)  # else no shortlist can be short enough
         outs: list[list[torch.Tensor]] = [[] for _ in candidates]  # kept for the exact pass only under a bound
         sums, lower = [0.0] * len(candidates), [0.0] * len(candidates)
         by_start = sorted(range(len(candidates)), key=lambda i: min(candidates[i]).position)
@@ -314,8 +317,9 @@ class BlockRunner:
                     sums[i] += float(self.sequence_nll(out, batch).double().sum())
             if bound:
                 rows = self.shortlist(self.advance(kept, running, end, (None, index), batch, cache)[1], batch)
-                for i in by_start:
-                    lower[i] += float(self.nll_lower_bound(outs[i][index], batch, rows).double().sum())
+                if rows.numel() <= SHORTLIST_MAX_SHARE * vocabulary:
+                    for i in by_start:
+                        lower[i] += float(self.nll_lower_bound(outs[i][index], batch, rows).double().sum())
         if bound:
             sums = self._exact_within_bounds(outs, lower)
         return [math.exp(s / self.num_sequences) for s in sums]
