@@ -239,7 +239,7 @@ class BlockRunner:
         if rows is None:
             logits = head(self.model.model.norm(hidden)).float()
         else:
-            bias = None if head.bias is None else head.bias[rows].float()
+            bias = None if getattr(head, "bias", None) is None else head.bias[rows].float()
             logits = F.linear(self.model.model.norm(hidden).float(), head.weight[rows].float(), bias)
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         return logits if cap is None else torch.tanh(logits / cap) * cap
