@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import lightning as L
 import torch
 from jsonargparse.typing import OpenUnitInterval, PositiveInt
 from torch import Tensor
@@ -25,7 +24,7 @@ from lightning_align.data.loaders import check_source
 from lightning_align.data.packing import pack_blocks
 from lightning_align.data.preference import encode_pairs, pad_id, split_records
 from lightning_align.data.records import read_sft
-from lightning_align.data.resumable import TrainPosition
+from lightning_align.data.resumable import ResumableDataModule
 from lightning_align.data.copy_task import copy_records
 from lightning_align.errors import ConfigError
 
@@ -66,7 +65,7 @@ def collate_examples(examples: list[Example], pad: int) -> dict[str, Tensor]:
     return batch
 
 
-class InstructionTextMixDataModule(L.LightningDataModule):
+class InstructionTextMixDataModule(ResumableDataModule):
     """`instructions`: "builtin" (prose continuation + word copying) or a data file in a TRL SFT format;
     `instruction_ratio`: the share of instruction examples in the mix (1.0: no plain text); plain text comes from
     `corpus` in blocks of `block_size` tokens whose first `prompt_tokens` tokens are the predictor's prompt."""
@@ -86,7 +85,6 @@ class InstructionTextMixDataModule(L.LightningDataModule):
         self.instructions, self.instruction_ratio, self.corpus = instructions, instruction_ratio, corpus
         self.num_records, self.max_length, self.block_size = num_records, max_length, block_size
         self.prompt_tokens, self.batch_size, self.val_fraction, self.seed = prompt_tokens, batch_size, val_fraction, seed
-        self.position = TrainPosition(self)
         self.train_set: list[Example] | None = None
         self.val_set: list[Example] = []
 
@@ -115,9 +113,3 @@ class InstructionTextMixDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=self._collate)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.position.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.position.load_state_dict(state_dict)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
 from torch.utils.data import DataLoader
@@ -11,11 +10,11 @@ from torch.utils.data import DataLoader
 from lightning_align.data.corpus import CORPUS_SUFFIXES, EMBEDDED, load_texts, split_texts
 from lightning_align.data.loaders import check_source
 from lightning_align.data.packing import pack_blocks
-from lightning_align.data.resumable import TrainPosition
+from lightning_align.data.resumable import ResumableDataModule
 from lightning_align.errors import ConfigError
 
 
-class LMDataModule(L.LightningDataModule):
+class LMDataModule(ResumableDataModule):
     """Train/val blocks from a corpus ("embedded", .txt or a data file with `text`), split by document, then packed.
 
     The tokenizer is taken from the LightningModule in `setup`, so data and model can never disagree on it.
@@ -30,7 +29,6 @@ class LMDataModule(L.LightningDataModule):
         self.val_fraction, self.seed, self.num_workers = val_fraction, seed, num_workers
         self.train_blocks: torch.Tensor | None = None
         self.val_blocks: torch.Tensor | None = None
-        self.position = TrainPosition(self)
 
     def setup(self, stage: str) -> None:
         if self.train_blocks is not None:
@@ -61,9 +59,3 @@ class LMDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_blocks, batch_size=self.batch_size, num_workers=self.num_workers)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.position.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.position.load_state_dict(state_dict)

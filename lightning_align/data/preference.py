@@ -13,7 +13,6 @@ import random
 import warnings
 from typing import Any, Callable, Sequence, Union
 
-import lightning as L
 import torch
 from jsonargparse.typing import OpenUnitInterval, PositiveInt
 from torch import Tensor
@@ -23,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from lightning_align.data.gold_task import check_gold_task, preference_records
 from lightning_align.data.loaders import check_source
 from lightning_align.data.records import read_pairs
-from lightning_align.data.resumable import TrainPosition
+from lightning_align.data.resumable import ResumableDataModule
 from lightning_align.errors import ConfigError
 
 GOLD = "gold"
@@ -171,7 +170,7 @@ class PairSlots(Dataset):
         return self.records[index % len(self.records)]
 
 
-class PreferenceDataModule(L.LightningDataModule):
+class PreferenceDataModule(ResumableDataModule):
     """Train/val pairs for the reward and DPO stages: `path` is a data file (`data/records.py`) or "gold" (labelled
     by the gold reward of the variant `gold_task`, `data/gold_task.py`).
 
@@ -191,7 +190,6 @@ class PreferenceDataModule(L.LightningDataModule):
         self.batch_size, self.seed = batch_size, seed
         self.train_set: PairSlots | None = None
         self.val_set: PairSlots | None = None
-        self.position = TrainPosition(self)
 
     def setup(self, stage: str) -> None:
         if self.train_set is not None:
@@ -212,7 +210,7 @@ class PreferenceDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """The loader's position and the reference log-probs: a resumed DPO stage must keep the initial policy's,
         not annotate again with the weights it resumes from."""
-        state = self.position.state_dict()
+        state = super().state_dict()
         records = self.train_set.records + self.val_set.records if self.train_set is not None else []
         if any("ref_chosen" in r for r in records):
             state["reference"] = [[r.get("ref_chosen"), r.get("ref_rejected")] for r in records]
@@ -222,7 +220,7 @@ class PreferenceDataModule(L.LightningDataModule):
         """Called after `setup`, before the loaders are built (so `_annotate` finds the records annotated)."""
         state = dict(state_dict)
         reference = state.pop("reference", None)
-        self.position.load_state_dict(state)
+        super().load_state_dict(state)
         for record, (chosen, rejected) in zip(self.train_set.records + self.val_set.records, reference or []):
             if chosen is not None:
                 record["ref_chosen"], record["ref_rejected"] = chosen, rejected

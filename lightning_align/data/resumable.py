@@ -102,3 +102,18 @@ class TrainPosition:
         self.resume = dict(state_dict) or None
         if self.loader is not None:
             self.loader.resume = self.resume
+
+
+class ResumableDataModule(L.LightningDataModule):
+    """A datamodule whose training loader resumes mid-epoch: its state is its `TrainPosition`, which Lightning saves
+    in, and restores from, a checkpoint. Subclasses build their training loader with `self.position.new_loader`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.position = TrainPosition(self)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.position.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.position.load_state_dict(state_dict)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 from jsonargparse.typing import OpenUnitInterval, PositiveInt
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -12,7 +11,7 @@ from lightning_align.data.gold_task import sft_records
 from lightning_align.data.loaders import check_source
 from lightning_align.data.preference import GOLD, encode_pairs, split_records
 from lightning_align.data.records import read_sft
-from lightning_align.data.resumable import TrainPosition
+from lightning_align.data.resumable import ResumableDataModule
 
 
 def collate_sft(tokenizer: Any, records: list[dict[str, str]], max_length: int) -> dict[str, Tensor]:
@@ -21,7 +20,7 @@ def collate_sft(tokenizer: Any, records: list[dict[str, str]], max_length: int) 
     return {"input_ids": ids, "attention_mask": mask, "response_mask": response_mask}
 
 
-class SFTDataModule(L.LightningDataModule):
+class SFTDataModule(ResumableDataModule):
     """`path`: "gold" or a data file in a TRL SFT format: prompt-completion, messages or text (`data/records.py`)."""
 
     def __init__(self, path: str = GOLD, num_records: PositiveInt = 1024, val_fraction: OpenUnitInterval = 0.1,
@@ -32,7 +31,6 @@ class SFTDataModule(L.LightningDataModule):
         self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
         self.train_records: list[dict[str, Any]] | None = None
         self.val_records: list[dict[str, Any]] = []
-        self.position = TrainPosition(self)
 
     def setup(self, stage: str) -> None:
         if self.train_records is None:
@@ -48,9 +46,3 @@ class SFTDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_records, batch_size=self.batch_size, collate_fn=self._collate)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.position.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.position.load_state_dict(state_dict)
