@@ -20,7 +20,7 @@ from benchmarks.reproduce_types import ClaimResult, Scale
 from lightning_align.algorithms.block_pruner import BlockRunner, StopRule, block_pruner
 from lightning_align.algorithms.layer_pruning import block_influence, layer_ppl
 from lightning_align.data.calibration import calibration_sets
-from lightning_align.eval.prune_report import MethodRun, within_budget
+from lightning_align.eval.prune_report import MethodRun, budget_step
 from lightning_align.models.blocks import Block, block_parameters, count_parameters
 from lightning_align.models.checkpoint import load_pretrained
 from lightning_align.pipeline import MultiStageTrainer
@@ -52,7 +52,7 @@ QUICK = Sizes(layers=4, steps=20, block_size=32, calibration=4, evaluation=8, mo
                          "stages.pretrain.trainer.limit_val_batches=1",
                          "stages.pretrain.trainer.val_check_interval=10"))
 FULL = Sizes(layers=8, steps=300, block_size=128, calibration=32, evaluation=32, model_per_seed=False, overrides=())
-REAL = Sizes(layers=0, steps=0, block_size=64, calibration=8, evaluation=16, model_per_seed=False, overrides=())
+REAL = Sizes(layers=0, steps=0, block_size=128, calibration=8, evaluation=32, model_per_seed=False, overrides=())
 
 
 def train_embedded(out: Path, sizes: Sizes, seed: int) -> Path:
@@ -114,6 +114,7 @@ def run(scale: Scale) -> ClaimResult:
     real = scale.model is not None
     sizes = REAL if real else QUICK if scale.quick else FULL
     values: dict[str, list[float]] = {}
+    fits: dict[str, list[float]] = {}  # calibration perplexity at the same steps
     seconds: dict[str, float] = {}
     blocks = heldout_blocks(scale.model, sizes, held_out_only=False) if real else None
     model = load_pretrained(scale.model, dtype=torch.float32).eval() if real else None
@@ -129,7 +130,9 @@ def run(scale: Scale) -> ClaimResult:
         share = layer_share(model)
         for layers in BUDGET_LAYERS:
             for method, method_run in runs.items():
-                values.setdefault(arm(method, layers, share), []).append(within_budget(method_run, layers * share)[1])
+                k = budget_step(method_run, layers * share)
+                values.setdefault(arm(method, layers, share), []).append(method_run.heldout_ppl[k])
+                fits.setdefault(arm(method, layers, share), []).append(method_run.calibration_ppl[k])
     share = layer_share(model)
     comparisons = [(arm("blockpruner", k, share), arm(other, k, share))
                    for k in BUDGET_LAYERS for other in ("layer-ppl", "block-influence")]
@@ -143,4 +146,22 @@ def run(scale: Scale) -> ClaimResult:
              f"({blocks.size(0)} in all, so the seeds' sets overlap: they vary the draw, not the corpus). Budgets: "
              f"the parameters of 1, 2 and 3 whole layers ({share:.1%} each). "
              "Value: held-out perplexity at the method's last step within the budget.")
-    return ClaimResult(values=values, seconds=seconds, comparisons=comparisons, setup=setup)
+    return ClaimResult(values=values, seconds=seconds, comparisons=comparisons, setup=setup,
+                       findings=[fit_finding(values, fits, share)])
+
+
+def fit_finding(values: dict[str, list[float]], fits: dict[str, list[float]], share: float) -> str:
+    """Calibration against held-out perplexity: a search that fits its calibration set better yet loses on held-out
+    text is over-fitting that set (the sign that more calibration tokens, not a finer search, would help)."""
+    parts = []
+    for layers in BUDGET_LAYERS:
+        names = [arm(method, layers, share) for method in METHODS]
+        means = ", ".join(f"{name.split(' @')[0]} {sum(fits[name]) / len(fits[name]):.3f}" for name in names)
+        ours, layer = names[0], names[1]
+        better_fit = [i for i, (a, b) in enumerate(zip(fits[ours], fits[layer])) if a < b]
+        still_worse = sum(values[ours][i] > values[layer][i] for i in better_fit)
+        parts.append(f"at {100 * layers * share:.1f}%: {means} (BlockPruner fits it better than layer-ppl in "
+                     f"{len(better_fit)} of {len(fits[ours])} seeds and is still worse on held-out text in "
+                     f"{still_worse} of those)")
+    return ("Calibration perplexity, the objective every method searches on (mean over seeds), "
+            + "; ".join(parts) + ".")

@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> Path:
                   "seeds": seeds, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   "machine": machine_lines()[0], "wall_s": time.perf_counter() - start, "values": result.values,
                   "seconds": result.seconds, "comparisons": result.comparisons, "setup": result.setup,
-                  "notes": result.notes, **({"per_round": result.per_round} if result.per_round else {})}
+                  "notes": result.notes, "findings": result.findings,
+                  **({"per_round": result.per_round} if result.per_round else {})}
         path = records / f"{record_name(name, args.model)}.json"
         path.write_text(json.dumps(record, indent=1) + "\n")
         print(f"{name}: {seeds} seed(s) in {record['wall_s']:.0f} s -> {path}")

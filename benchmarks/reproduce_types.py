@@ -22,13 +22,16 @@ class ClaimResult:
     """One value per seed for every arm (same seed order in every arm, so arms pair up by position), the wall
     seconds each arm took over all seeds, the (claimed better, other) pairs to test, and how it was run.
     ``per_round`` (claims that run rounds): per arm, per seed, one row of metrics per round (a "round" key, None
-    where a value could not be measured); the page shows their means per arm and round."""
+    where a value could not be measured); the page shows their means per arm and round. ``findings``: sentences the
+    claim measured beside its value (what would explain a verdict), shown under the comparisons; ``notes``: what the
+    run left out."""
 
     values: dict[str, list[float]]
     seconds: dict[str, float]
     comparisons: list[tuple[str, str]]
     setup: str
     notes: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
     per_round: dict[str, list[list[dict[str, float | None]]]] = field(default_factory=dict)
 
 

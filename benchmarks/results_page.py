@@ -111,6 +111,8 @@ def section(record: dict, claim: Claim, name: str, plot_path: Path | None) -> li
                      for a, b, r in results]), ""]
     if record.get("per_round"):
         lines += round_table(record["per_round"])
+    for finding in record.get("findings", []):
+        lines += [finding, ""]
     if plot_path is not None:
         lines += [f"![{claim.name}: arms and paired differences, 95% intervals](results/{plot_path.name})", ""]
     if any(r.verdict != "holds" for _, _, r in results):

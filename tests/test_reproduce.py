@@ -34,6 +34,8 @@ def test_quick_blockpruner_claim_runs_over_two_seeds_and_renders(tmp_path: Path)
     assert len(record["comparisons"]) == 6
     text = page.read_text()
     assert "## `blockpruner` (preliminary)" in text and len(verdict_rows(text)) == 6
+    finding = next(line for line in text.splitlines() if line.startswith("Calibration perplexity, the objective"))
+    assert finding.count("BlockPruner fits it better than layer-ppl in") == 3 and "of 2 seeds" in finding
     assert (tmp_path / "results" / "blockpruner.png").stat().st_size > 1000
 
 

@@ -26,6 +26,11 @@ class MethodRun:
     def fractions(self) -> list[float]:
         return [0.0] + [s.removed_fraction for s in self.result.steps]
 
+    @property
+    def calibration_ppl(self) -> list[float]:
+        """The search's own objective after 0, 1, ... steps, aligned with ``heldout_ppl``."""
+        return [self.result.dense_ppl] + [s.ppl for s in self.result.steps]
+
 
 @dataclass(frozen=True)
 class Footprint:
@@ -51,9 +56,14 @@ def plot_curves(runs: dict[str, MethodRun], path: Path) -> None:
     plt.close(fig)
 
 
+def budget_step(run: MethodRun, budget: float) -> int:
+    """Index (0: dense) of the last step of ``run`` that removes no more than ``budget``."""
+    return max(i for i, f in enumerate(run.fractions) if f <= budget + 1e-12)
+
+
 def within_budget(run: MethodRun, budget: float) -> tuple[float, float]:
     """(removed share, held-out ppl) of the last step of ``run`` that removes no more than ``budget``."""
-    k = max(i for i, f in enumerate(run.fractions) if f <= budget + 1e-12)
+    k = budget_step(run, budget)
     return run.fractions[k], run.heldout_ppl[k]
 
 
