@@ -111,6 +111,8 @@ def test_quick_mode_runs_every_claim(tmp_path: Path) -> None:
     page = main(["--quick", "--out", str(tmp_path / "runs"), "--results", str(tmp_path)]).read_text()
     assert all(f"## `{name}` (preliminary)" in page for name in CLAIMS)
     assert len(verdict_rows(page)) == 6 + 5 + 4  # mutual_taught: no oracle arm in quick mode
+    progress = next(line for line in page.splitlines() if line.startswith("The enlarged model when pruning starts"))
+    assert "nan" not in progress and "convergence" in progress
 
 
 def test_the_recorded_command_carries_no_machine_paths() -> None:
