@@ -61,8 +61,12 @@ CLAIMS = {claim.name: claim for claim in (
 FULL_SEEDS, QUICK_SEEDS = 5, 2
 
 
-def record_name(claim: str, model: Path | None) -> str:
-    return claim if model is None else f"{claim}-{model.name}"
+def record_name(claim: str, model: Path | None, steps: int | None) -> str:
+    """One record per claim and setting: a model directory or a step budget other than the mode's gets its own, so
+    a run at another scale sits beside the default one instead of replacing it."""
+    if model is not None:
+        return f"{claim}-{model.name}"
+    return f"{claim}-{steps}steps" if steps is not None and claim == "enlarge_prune" else claim
 
 
 def public_args(argv: list[str]) -> list[str]:
@@ -99,6 +103,8 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error(f"--model {args.model}: not a model directory (no config.json)")
     if args.model is not None and args.only != ["blockpruner"]:
         parser.error("--model applies to the blockpruner claim only: add --only blockpruner")
+    if args.steps is not None and (args.steps < 4 or "enlarge_prune" not in args.only):
+        parser.error("--steps: at least 4 (each stage needs a step), and it applies to the enlarge_prune claim only")
     torch.set_num_threads(1)  # shared CPUs time badly with more, and seeds must not race each other for cores
     seeds = args.seeds or (QUICK_SEEDS if args.quick else FULL_SEEDS)
     command = "python -m benchmarks.reproduce " + shlex.join(public_args(argv if argv is not None else sys.argv[1:]))
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> Path:
                   "seconds": result.seconds, "comparisons": result.comparisons, "setup": result.setup,
                   "notes": result.notes, "findings": result.findings,
                   **({"per_round": result.per_round} if result.per_round else {})}
-        path = records / f"{record_name(name, args.model)}.json"
+        path = records / f"{record_name(name, args.model, args.steps)}.json"
         path.write_text(json.dumps(record, indent=1) + "\n")
         print(f"{name}: {seeds} seed(s) in {record['wall_s']:.0f} s -> {path}")
     page = write_results(args.results, CLAIMS)

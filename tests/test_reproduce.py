@@ -10,7 +10,7 @@ import torch
 
 from benchmarks.claim_pruning import QUICK, REAL, split
 from benchmarks.claim_pruning import run as run_pruning_claim
-from benchmarks.reproduce import CLAIMS, main, public_args
+from benchmarks.reproduce import CLAIMS, main, public_args, record_name
 from benchmarks.reproduce_types import Scale
 from benchmarks.results_page import write_results
 from lightning_align.data.corpus import load_texts
@@ -104,6 +104,22 @@ def test_bad_model_arguments_exit_2(tmp_path: Path, extra: list[str], capsys: py
     with pytest.raises(SystemExit) as exit_:
         main(["--quick", "--model", str(model), *extra, "--results", str(tmp_path)])
     assert exit_.value.code == 2 and "--model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--only", "blockpruner"], ["--only", "enlarge_prune", "--steps", "3"]])
+def test_a_step_budget_the_claims_cannot_use_exits_2(tmp_path: Path, extra: list[str],
+                                                     capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--quick", "--steps", "800", *extra, "--results", str(tmp_path)])
+    assert exit_.value.code == 2 and "--steps" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+def test_another_scale_gets_its_own_record() -> None:
+    assert record_name("enlarge_prune", None, None) == "enlarge_prune"
+    assert record_name("enlarge_prune", None, 1600) == "enlarge_prune-1600steps"
+    assert record_name("mutual_taught", None, 1600) == "mutual_taught", "the budget is the enlarge_prune claim's"
+    assert record_name("blockpruner", Path("/m/smollm2"), None) == "blockpruner-smollm2"
 
 
 @pytest.mark.slow
