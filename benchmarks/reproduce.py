@@ -4,6 +4,7 @@
     python -m benchmarks.reproduce --quick            # tiny sizes, 2 seeds: checks that every claim runs
     python -m benchmarks.reproduce --only blockpruner --seeds 5
     python -m benchmarks.reproduce --only blockpruner --model MODEL_DIR --seeds 3
+    python -m benchmarks.reproduce --only enlarge_prune --steps 1000   # a longer budget, its own record
 
 Each claim's numbers are kept in ``<results>/results/<record>.json`` (one value per arm and seed, the command, the
 machine); ``<results>/results.md`` is rendered from every kept record, so ``--only`` replaces one claim's section and
