@@ -61,19 +61,22 @@ def run(scale: Scale) -> ClaimResult:
     seconds: dict[str, float] = {}
     progress = []
     for seed in range(scale.seeds):
-        out = scale.out / "enlarge_prune" / f"seed{seed}"
-        for row in run_all(out, total, scale.quick, seed=seed, arms=ARMS):
+        out = scale.out / "enlarge_prune" / (scale.corpus.stem if scale.corpus else "") / f"seed{seed}"
+        corpus = str(scale.corpus.resolve()) if scale.corpus else None
+        for row in run_all(out, total, scale.quick, corpus=corpus, seed=seed, arms=ARMS):
             values.setdefault(row["pipeline"], []).append(row["ppl"])
             seconds[row["pipeline"]] = seconds.get(row["pipeline"], 0.0) + row["seconds"]
         progress.append(enlarged_progress(out / "enlarge_prune"))
     comparisons = [("enlarge_prune", "naive_prune"), ("enlarge_prune", "baseline_target"),
                    ("enlarge_prune", "enlarge_prune_no_carry"), ("enlarge_prune", "baseline_equal_compute"),
                    ("enlarge_prune_kd", "enlarge_prune")]
-    cfg = compose(CONF, "config", overrides("enlarge_prune", scale.out, total, scale.quick))
+    cfg = compose(CONF, "config", overrides("enlarge_prune", scale.out, total, scale.quick,
+                                            corpus=str(scale.corpus) if scale.corpus else None))
     data = cfg.stages.enlarge.data.init_args
     tokens = total * data.batch_size * data.block_size
     sizes = "the tiny quick model" if scale.quick else "the embedded tiny LLaMA"
-    setup = (f"{sizes}, {total} optimizer steps per arm (enlarged half, prune and recover a quarter each) of "
+    text = f"corpus `{scale.corpus.name}`" if scale.corpus else "the embedded corpus"
+    setup = (f"{sizes} on {text}, {total} optimizer steps per arm (enlarged half, prune and recover a quarter each) of "
              f"{data.batch_size}x{data.block_size} tokens: {tokens:,} training tokens per arm; "
              f"`baseline_equal_compute` trains the target size for {equal_compute_steps(cfg, total)} steps, the "
              "training FLOPs of `enlarge_prune` (6 per matmul weight and token; the prune stage computes at the "

@@ -62,12 +62,14 @@ CLAIMS = {claim.name: claim for claim in (
 FULL_SEEDS, QUICK_SEEDS = 5, 2
 
 
-def record_name(claim: str, model: Path | None, steps: int | None) -> str:
-    """One record per claim and setting: a model directory or a step budget other than the mode's gets its own, so
-    a run at another scale sits beside the default one instead of replacing it."""
+def record_name(claim: str, model: Path | None, steps: int | None, corpus: Path | None = None) -> str:
+    """One record per claim and setting: a model directory, a corpus or a step budget other than the mode's gets
+    its own, so a run at another scale sits beside the default one instead of replacing it."""
     if model is not None:
         return f"{claim}-{model.name}"
-    return f"{claim}-{steps}steps" if steps is not None and claim == "enlarge_prune" else claim
+    if claim != "enlarge_prune":
+        return claim
+    return claim + (f"-{corpus.stem}" if corpus is not None else "") + (f"-{steps}steps" if steps is not None else "")
 
 
 def public_args(argv: list[str]) -> list[str]:
@@ -76,10 +78,10 @@ def public_args(argv: list[str]) -> list[str]:
     shown, args = [], iter(argv)
     for arg in args:
         name, equals, value = arg.partition("=")
-        if name in ("--out", "--results", "--model"):
+        if name in ("--out", "--results", "--model", "--corpus"):
             value = value if equals else next(args, "")
-            if name == "--model":
-                shown += ["--model", Path(value).name]
+            if name in ("--model", "--corpus"):
+                shown += [name, Path(value).name]
             continue
         shown.append(arg)
     return shown
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--model", type=Path, default=None,
                         help="a local pretrained model directory for the blockpruner claim (tiny calibration)")
     parser.add_argument("--steps", type=int, default=None, help="total optimizer steps per enlarge_prune arm")
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help="a local .txt/.jsonl/.parquet corpus for the enlarge_prune claim (default: the embedded one)")
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="where the runs go (reused)")
     parser.add_argument("--results", type=Path, default=Path("docs"), help="where results.md and its records go")
     args = parser.parse_args(argv)
@@ -106,6 +110,8 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error("--model applies to the blockpruner claim only: add --only blockpruner")
     if args.steps is not None and (args.steps < 4 or "enlarge_prune" not in args.only):
         parser.error("--steps: at least 4 (each stage needs a step), and it applies to the enlarge_prune claim only")
+    if args.corpus is not None and (not args.corpus.is_file() or "enlarge_prune" not in args.only):
+        parser.error(f"--corpus {args.corpus}: must be a file, and it applies to the enlarge_prune claim only")
     torch.set_num_threads(1)  # shared CPUs time badly with more, and seeds must not race each other for cores
     seeds = args.seeds or (QUICK_SEEDS if args.quick else FULL_SEEDS)
     command = "python -m benchmarks.reproduce " + shlex.join(public_args(argv if argv is not None else sys.argv[1:]))
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> Path:
     records.mkdir(parents=True, exist_ok=True)
     for name in args.only:
         out = args.out / ("quick" if args.quick else "full")
-        scale = Scale(quick=args.quick, seeds=seeds, out=out, model=args.model, steps=args.steps)
+        scale = Scale(quick=args.quick, seeds=seeds, out=out, model=args.model, steps=args.steps, corpus=args.corpus)
         start = time.perf_counter()
         result = CLAIMS[name].run(scale)
         record = {"claim": name, "command": command.strip(), "mode": "quick" if args.quick else "full",
@@ -122,7 +128,7 @@ def main(argv: list[str] | None = None) -> Path:
                   "seconds": result.seconds, "comparisons": result.comparisons, "setup": result.setup,
                   "notes": result.notes, "findings": result.findings,
                   **({"per_round": result.per_round} if result.per_round else {})}
-        path = records / f"{record_name(name, args.model, args.steps)}.json"
+        path = records / f"{record_name(name, args.model, args.steps, args.corpus)}.json"
         path.write_text(json.dumps(record, indent=1) + "\n")
         print(f"{name}: {seeds} seed(s) in {record['wall_s']:.0f} s -> {path}")
     page = write_results(args.results, CLAIMS)

@@ -15,6 +15,7 @@ class Scale:
     out: Path
     model: Path | None = None
     steps: int | None = None  # total optimizer steps per arm where a claim trains (None: the claim's mode default)
+    corpus: Path | None = None  # a local training corpus for the claims that pretrain (None: the embedded one)
 
 
 @dataclass(frozen=True)

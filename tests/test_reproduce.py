@@ -106,13 +106,27 @@ def test_bad_model_arguments_exit_2(tmp_path: Path, extra: list[str], capsys: py
     assert exit_.value.code == 2 and "--model" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("extra", [["--only", "blockpruner"], ["--only", "enlarge_prune", "--steps", "3"]])
-def test_a_step_budget_the_claims_cannot_use_exits_2(tmp_path: Path, extra: list[str],
-                                                     capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(("extra", "named"), [(["--only", "blockpruner"], "--steps"),
+                                              (["--only", "enlarge_prune", "--steps", "3"], "--steps"),
+                                              (["--only", "enlarge_prune", "--corpus", "no/such.txt"], "--corpus")])
+def test_a_setting_the_claims_cannot_use_exits_2(tmp_path: Path, extra: list[str], named: str,
+                                                 capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--quick", "--steps", "800", *extra, "--results", str(tmp_path)])
-    assert exit_.value.code == 2 and "--steps" in capsys.readouterr().err
+    assert exit_.value.code == 2 and named in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_enlarge_prune_claim_on_a_local_corpus_keeps_its_own_record(tmp_path: Path) -> None:
+    corpus = tmp_path / "my_corpus.txt"
+    corpus.write_text("\n\n".join(load_texts("embedded")[:30]))
+    main(["--quick", "--only", "enlarge_prune", "--seeds", "1", "--corpus", str(corpus), "--out", str(tmp_path / "r"),
+          "--results", str(tmp_path)])
+    record = json.loads((tmp_path / "results" / "enlarge_prune-my_corpus.json").read_text())
+    assert "corpus `my_corpus.txt`" in record["setup"] and str(tmp_path) not in record["command"]
+    assert "--corpus my_corpus.txt" in record["command"] and len(record["values"]) == 6
+    runs = tmp_path / "r" / "quick" / "enlarge_prune" / "my_corpus" / "seed0"
+    assert (runs / "enlarge_prune" / "config.yaml").read_text().count(str(corpus)) >= 1
 
 
 def test_another_scale_gets_its_own_record() -> None:
