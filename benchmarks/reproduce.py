@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> Path:
                         help="a local pretrained model directory for the blockpruner claim (tiny calibration)")
     parser.add_argument("--steps", type=int, default=None, help="total optimizer steps per enlarge_prune arm")
     parser.add_argument("--corpus", type=Path, default=None,
-                        help="a local .txt/.jsonl/.parquet corpus for the enlarge_prune claim (default: the embedded one)")
+                        help="a local .txt/.jsonl/.parquet corpus for the enlarge_prune claim (default: embedded)")
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="where the runs go (reused)")
     parser.add_argument("--results", type=Path, default=Path("docs"), help="where results.md and its records go")
     args = parser.parse_args(argv)
