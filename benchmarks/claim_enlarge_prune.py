@@ -59,6 +59,7 @@ def run(scale: Scale) -> ClaimResult:
     total = scale.steps or (QUICK_STEPS if scale.quick else FULL_STEPS)
     values: dict[str, list[float]] = {}
     seconds: dict[str, float] = {}
+    reused: dict[str, int] = {}
     progress = []
     for seed in range(scale.seeds):
         out = scale.out / "enlarge_prune" / (scale.corpus.stem if scale.corpus else "") / f"seed{seed}"
@@ -66,6 +67,7 @@ def run(scale: Scale) -> ClaimResult:
         for row in run_all(out, total, scale.quick, corpus=corpus, seed=seed, arms=ARMS):
             values.setdefault(row["pipeline"], []).append(row["ppl"])
             seconds[row["pipeline"]] = seconds.get(row["pipeline"], 0.0) + row["seconds"]
+            reused[row["pipeline"]] = reused.get(row["pipeline"], 0) + row["reused"]
         progress.append(enlarged_progress(out / "enlarge_prune"))
     comparisons = [("enlarge_prune", "naive_prune"), ("enlarge_prune", "baseline_target"),
                    ("enlarge_prune", "enlarge_prune_no_carry"), ("enlarge_prune", "baseline_equal_compute"),
@@ -84,4 +86,5 @@ def run(scale: Scale) -> ClaimResult:
              "(lower is better).")
     enlarge = split_budget(total)["enlarge"]
     finding = progress_finding(progress, enlarge, enlarge * data.batch_size * data.block_size)
-    return ClaimResult(values=values, seconds=seconds, comparisons=comparisons, setup=setup, findings=[finding])
+    return ClaimResult(values=values, seconds=seconds, comparisons=comparisons, setup=setup, findings=[finding],
+                       reused={arm: n for arm, n in reused.items() if n})

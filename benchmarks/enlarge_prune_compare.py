@@ -115,11 +115,14 @@ def run_all(out: Path, total: int, quick: bool, batch_size: int | None = None, c
         start = time.perf_counter()
         args = overrides(arm, out, total, quick, batch_size, corpus, seed)
         trainer = MultiStageTrainer(compose(CONF, "config", args))
+        state = trainer.run_dir / "state.json"
+        before = state.stat().st_mtime_ns if state.is_file() else None
         results = trainer.run()
         model = load_pretrained(trainer.run_dir / "evaluate")
         rows.append({"pipeline": arm, "ppl": results["evaluate"]["val/ppl"],
                      "params": sum(p.numel() for p in model.parameters()),
                      "ffn": model.config.intermediate_size, "seconds": time.perf_counter() - start,
+                     "reused": before is not None and state.stat().st_mtime_ns == before,  # no stage ran
                      "lr": read_lr_curve(trainer.run_dir, [c.name for c in trainer.stages])})
     return rows
 

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> Path:
                   "seeds": seeds, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   "machine": machine_lines()[0], "wall_s": time.perf_counter() - start, "values": result.values,
                   "seconds": result.seconds, "comparisons": result.comparisons, "setup": result.setup,
-                  "notes": result.notes, "findings": result.findings,
+                  "notes": result.notes, "findings": result.findings, "reused": result.reused,
                   **({"per_round": result.per_round} if result.per_round else {})}
         path = records / f"{record_name(name, args.model, args.steps, args.corpus)}.json"
         path.write_text(json.dumps(record, indent=1) + "\n")

@@ -87,6 +87,12 @@ def round_table(per_round: Mapping[str, list[list[dict]]]) -> list[str]:
     return ["Per round (round 0: π_0 and r_0; means over seeds):", "", table(header, rows), ""]
 
 
+def wall_time(arm: str, seconds: float, record: dict) -> str:
+    reused = record.get("reused", {}).get(arm, 0)
+    return f"{arm} {seconds:.0f} s" + (f" ({reused} of {record['seeds']} runs reused from an earlier command, their "
+                                       "time not counted)" if reused else "")
+
+
 def section(record: dict, claim: Claim, name: str, plot_path: Path | None) -> list[str]:
     values: dict[str, list[float]] = record["values"]
     seeds = record["seeds"]
@@ -100,8 +106,8 @@ def section(record: dict, claim: Claim, name: str, plot_path: Path | None) -> li
                   f"until the claim has run with at least {PRELIMINARY_BELOW} seeds in full mode.*", ""]
     rows = [[name, interval_text(mean_interval(v)), ", ".join(f"{x:.3f}" for x in v)] for name, v in values.items()]
     lines += [table(["arm", f"{claim.metric}: mean [95% CI]", "per seed (0, 1, ...)"], rows), "",
-              "Wall time over all seeds: " + ", ".join(f"{k} {v:.0f} s" for k, v in record["seconds"].items()) + ".",
-              ""]
+              "Wall time over all seeds: " + ", ".join(wall_time(k, v, record) for k, v in record["seconds"].items())
+              + ".", ""]
     results: list[tuple[str, str, PairedResult]] = [(a, b, compare(values[a], values[b], claim.lower_is_better))
                                                      for a, b in record["comparisons"]]
     better = "lower" if claim.lower_is_better else "higher"

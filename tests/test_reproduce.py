@@ -127,6 +127,12 @@ def test_enlarge_prune_claim_on_a_local_corpus_keeps_its_own_record(tmp_path: Pa
     assert "--corpus my_corpus.txt" in record["command"] and len(record["values"]) == 6
     runs = tmp_path / "r" / "quick" / "enlarge_prune" / "my_corpus" / "seed0"
     assert (runs / "enlarge_prune" / "config.yaml").read_text().count(str(corpus)) >= 1
+    assert record["reused"] == {}
+    page = main(["--quick", "--only", "enlarge_prune", "--seeds", "1", "--corpus", str(corpus), "--out",
+                 str(tmp_path / "r"), "--results", str(tmp_path)]).read_text()
+    again = json.loads((tmp_path / "results" / "enlarge_prune-my_corpus.json").read_text())
+    assert again["values"] == record["values"] and again["reused"] == {arm: 1 for arm in record["values"]}
+    assert "enlarge_prune_kd" in page and page.count("1 of 1 runs reused from an earlier command") == 6
 
 
 def test_another_scale_gets_its_own_record() -> None:
