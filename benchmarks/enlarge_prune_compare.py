@@ -13,6 +13,7 @@ LR curves against the global step with stage boundaries.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Sequence
@@ -115,14 +116,20 @@ def run_all(out: Path, total: int, quick: bool, batch_size: int | None = None, c
         start = time.perf_counter()
         args = overrides(arm, out, total, quick, batch_size, corpus, seed)
         trainer = MultiStageTrainer(compose(CONF, "config", args))
-        state = trainer.run_dir / "state.json"
+        state, timing = trainer.run_dir / "state.json", trainer.run_dir / "wall_seconds.json"
         before = state.stat().st_mtime_ns if state.is_file() else None
         results = trainer.run()
+        seconds = time.perf_counter() - start
+        reused = before is not None and state.stat().st_mtime_ns == before  # no stage ran: an earlier command's run
+        if reused and timing.is_file():
+            seconds, reused = json.loads(timing.read_text())["seconds"], False
+        elif not reused:
+            timing.write_text(json.dumps({"seconds": seconds}))
         model = load_pretrained(trainer.run_dir / "evaluate")
         rows.append({"pipeline": arm, "ppl": results["evaluate"]["val/ppl"],
                      "params": sum(p.numel() for p in model.parameters()),
-                     "ffn": model.config.intermediate_size, "seconds": time.perf_counter() - start,
-                     "reused": before is not None and state.stat().st_mtime_ns == before,  # no stage ran
+                     "ffn": model.config.intermediate_size, "seconds": seconds,
+                     "reused": reused,  # and its time unknown (made before runs kept their wall time)
                      "lr": read_lr_curve(trainer.run_dir, [c.name for c in trainer.stages])})
     return rows
 

@@ -33,7 +33,7 @@ class ClaimResult:
     setup: str
     notes: list[str] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
-    reused: dict[str, int] = field(default_factory=dict)  # per arm, runs an earlier command made (not in seconds)
+    reused: dict[str, int] = field(default_factory=dict)  # per arm, reused runs of unknown time (not in seconds)
     per_round: dict[str, list[list[dict[str, float | None]]]] = field(default_factory=dict)
 
 

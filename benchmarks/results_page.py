@@ -89,8 +89,8 @@ def round_table(per_round: Mapping[str, list[list[dict]]]) -> list[str]:
 
 def wall_time(arm: str, seconds: float, record: dict) -> str:
     reused = record.get("reused", {}).get(arm, 0)
-    return f"{arm} {seconds:.0f} s" + (f" ({reused} of {record['seeds']} runs reused from an earlier command, their "
-                                       "time not counted)" if reused else "")
+    return f"{arm} {seconds:.0f} s" + (f" ({reused} of {record['seeds']} runs reused from an earlier command "
+                                       "that kept no wall time: not counted)" if reused else "")
 
 
 def section(record: dict, claim: Claim, name: str, plot_path: Path | None) -> list[str]:

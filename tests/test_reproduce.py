@@ -117,22 +117,28 @@ def test_a_setting_the_claims_cannot_use_exits_2(tmp_path: Path, extra: list[str
     assert not (tmp_path / "results").exists()
 
 
-def test_enlarge_prune_claim_on_a_local_corpus_keeps_its_own_record(tmp_path: Path) -> None:
+def test_enlarge_prune_claim_on_a_local_corpus_keeps_its_own_record_and_its_wall_time(tmp_path: Path) -> None:
     corpus = tmp_path / "my_corpus.txt"
     corpus.write_text("\n\n".join(load_texts("embedded")[:30]))
-    main(["--quick", "--only", "enlarge_prune", "--seeds", "1", "--corpus", str(corpus), "--out", str(tmp_path / "r"),
-          "--results", str(tmp_path)])
-    record = json.loads((tmp_path / "results" / "enlarge_prune-my_corpus.json").read_text())
+
+    def claim() -> dict:
+        main(["--quick", "--only", "enlarge_prune", "--seeds", "1", "--corpus", str(corpus), "--out",
+              str(tmp_path / "r"), "--results", str(tmp_path)])
+        return json.loads((tmp_path / "results" / "enlarge_prune-my_corpus.json").read_text())
+
+    record = claim()
     assert "corpus `my_corpus.txt`" in record["setup"] and str(tmp_path) not in record["command"]
     assert "--corpus my_corpus.txt" in record["command"] and len(record["values"]) == 6
     runs = tmp_path / "r" / "quick" / "enlarge_prune" / "my_corpus" / "seed0"
-    assert (runs / "enlarge_prune" / "config.yaml").read_text().count(str(corpus)) >= 1
+    assert str(corpus) in (runs / "enlarge_prune" / "config.yaml").read_text()
     assert record["reused"] == {}
-    page = main(["--quick", "--only", "enlarge_prune", "--seeds", "1", "--corpus", str(corpus), "--out",
-                 str(tmp_path / "r"), "--results", str(tmp_path)]).read_text()
-    again = json.loads((tmp_path / "results" / "enlarge_prune-my_corpus.json").read_text())
-    assert again["values"] == record["values"] and again["reused"] == {arm: 1 for arm in record["values"]}
-    assert "enlarge_prune_kd" in page and page.count("1 of 1 runs reused from an earlier command") == 6
+    again = claim()
+    assert again["values"] == record["values"] and again["seconds"] == record["seconds"], "kept, not re-timed"
+    for timing in runs.glob("*/wall_seconds.json"):
+        timing.unlink()  # as if made by a command that kept no wall time
+    assert claim()["reused"] == {arm: 1 for arm in record["values"]}
+    page = (tmp_path / "results.md").read_text()
+    assert page.count("1 of 1 runs reused from an earlier command that kept no wall time") == 6
 
 
 def test_another_scale_gets_its_own_record() -> None:
