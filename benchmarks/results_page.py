@@ -131,7 +131,8 @@ def write_results(results_dir: Path, claims: Mapping[str, Claim]) -> Path:
     """Render ``results.md`` (and a PNG per record, when matplotlib is installed) from ``results/*.json``."""
     lines = [INTRO]
     no_plots = False
-    for path in sorted((results_dir / "results").glob("*.json")):
+    # each claim's default record first, then its other settings (a model, a corpus, a step budget)
+    for path in sorted((results_dir / "results").glob("*.json"), key=lambda p: (*p.stem.partition("-")[::2], p.stem)):
         record = json.loads(path.read_text())
         claim = claims[record["claim"]]
         picture = plot(path.with_suffix(".png"), path.stem, claim.metric, record["values"], record["comparisons"])
