@@ -30,11 +30,13 @@ from benchmarks.results_page import write_results
 CLAIMS = {claim.name: claim for claim in (
     Claim("blockpruner", "BlockPruner reaches a lower held-out perplexity than whole-layer perplexity pruning and "
           "Block Influence (ShortGPT) at equal removed parameters.", "held-out perplexity", True,
-          "Whole layers are the same size here, so at budgets of whole layers the finer search can only win by "
-          "dropping an attention block of one layer and an MLP of another; a 1% gap is within the spread of a "
-          "32-block evaluation set; with few calibration tokens the finer search can also fit them more closely than "
-          "held-out text rewards. Test: more evaluation and calibration blocks, and budgets between whole layers, "
-          "where the finer units can use budget the coarser ones leave.",
+          "Whole layers are the same size in these models, so at budgets of whole layers the finer search can only "
+          "win by dropping an attention block of one layer and an MLP of another. Where the verdict stays open, the "
+          "calibration line above tells two causes apart: a search that fits its calibration set better yet loses "
+          "on held-out text over-fits too few calibration tokens; a search that does not even fit it better is "
+          "limited by its greedy path (each step takes the cheapest single block, which can end on a worse set "
+          "than taking whole layers). Test: more calibration tokens for the first; budgets between whole layers, "
+          "and a lookahead over pairs of blocks at the budget's last steps, for the second.",
           claim_pruning.run),
     Claim("enlarge_prune", "Enlarge → prune → recover on one shared LR curve (AdamW moments carried) ends with a lower "
           "held-out perplexity than the naive re-warm-up, than the target size trained from scratch, and than the "
