@@ -46,7 +46,7 @@ CLAIMS = {claim.name: claim for claim in (
           "The finding above shows the enlarged model pruned while its held-out perplexity still falls fast, which "
           "is not the paper's regime: with so short an enlarged stage, the target size given the enlarged model's "
           "extra FLOPs as extra steps gains as much, and a teacher this far from convergence does not help. Longer "
-          "budgets do not reach that regime on the embedded corpus (about 105k training tokens): at 1,000 steps the "
+          "budgets do not reach that regime on the embedded corpus (about 105k tokens a pass): at 1,000 steps the "
           "enlarged model is in its 5th pass when pruning starts and the arms end after 10 to 15 passes, held-out "
           "perplexity rises again during long low-learning-rate "
           "stretches (the shared curve's recovery, the compute-matched baseline), and KD, which regularises, "
