@@ -21,7 +21,8 @@ it lies wholly on the claimed side of 0, **does not hold** when it lies wholly o
 this scale** when it covers 0. The exact sign-flip test cannot go below p = 2/2^n with n seeds (0.5 with 2 seeds,
 0.0625 with 5), so with few seeds it only confirms the direction; the verdict rests on the t-interval, which assumes
 roughly normal per-seed differences. Rows from 2 seeds are a check that the comparison runs, not evidence. Runs
-already under `--out` with the same configuration are reused, so wall times count only what that command ran.
+already under `--out` with the same configuration are reused: wall times count what that command ran, plus the kept
+wall time of reused enlarge-prune runs (a section says where a reused run kept none).
 """
 
 
