@@ -61,9 +61,9 @@ def run(scale: Scale) -> ClaimResult:
     seconds: dict[str, float] = {}
     reused: dict[str, int] = {}
     progress = []
+    corpus = str(scale.corpus.resolve()) if scale.corpus else None
     for seed in range(scale.seeds):
         out = scale.out / "enlarge_prune" / (scale.corpus.stem if scale.corpus else "") / f"seed{seed}"
-        corpus = str(scale.corpus.resolve()) if scale.corpus else None
         for row in run_all(out, total, scale.quick, corpus=corpus, seed=seed, arms=ARMS):
             values.setdefault(row["pipeline"], []).append(row["ppl"])
             seconds[row["pipeline"]] = seconds.get(row["pipeline"], 0.0) + row["seconds"]
@@ -72,8 +72,7 @@ def run(scale: Scale) -> ClaimResult:
     comparisons = [("enlarge_prune", "naive_prune"), ("enlarge_prune", "baseline_target"),
                    ("enlarge_prune", "enlarge_prune_no_carry"), ("enlarge_prune", "baseline_equal_compute"),
                    ("enlarge_prune_kd", "enlarge_prune")]
-    cfg = compose(CONF, "config", overrides("enlarge_prune", scale.out, total, scale.quick,
-                                            corpus=str(scale.corpus) if scale.corpus else None))
+    cfg = compose(CONF, "config", overrides("enlarge_prune", scale.out, total, scale.quick, corpus=corpus))
     data = cfg.stages.enlarge.data.init_args
     tokens = total * data.batch_size * data.block_size
     sizes = "the tiny quick model" if scale.quick else "the embedded tiny LLaMA"

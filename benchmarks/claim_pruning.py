@@ -152,12 +152,12 @@ def run(scale: Scale) -> ClaimResult:
 
 def fit_finding(values: dict[str, list[float]], fits: dict[str, list[float]], share: float) -> str:
     """Calibration against held-out perplexity: a search that fits its calibration set better yet loses on held-out
-    text is over-fitting that set (the sign that more calibration tokens, not a finer search, would help)."""
+    text over-fits that set; one that does not even fit it better is held back by its search path."""
     parts = []
     for layers in BUDGET_LAYERS:
-        names = [arm(method, layers, share) for method in METHODS]
-        means = ", ".join(f"{name.split(' @')[0]} {sum(fits[name]) / len(fits[name]):.3f}" for name in names)
-        ours, layer = names[0], names[1]
+        fit = {method: fits[arm(method, layers, share)] for method in METHODS}
+        means = ", ".join(f"{method} {sum(v) / len(v):.3f}" for method, v in fit.items())
+        ours, layer = arm("blockpruner", layers, share), arm("layer-ppl", layers, share)
         better_fit = [i for i, (a, b) in enumerate(zip(fits[ours], fits[layer])) if a < b]
         still_worse = sum(values[ours][i] > values[layer][i] for i in better_fit)
         parts.append(f"at {100 * layers * share:.1f}%: {means} (BlockPruner fits it better than layer-ppl in "
